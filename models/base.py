@@ -1,0 +1,231 @@
+"""The Detector contract every scatterbird detector follows, and its safe file format.
+
+A detector takes *sequences*: float32 arrays of shape (n_frames, n_channels) of scattering features (one per
+clip or window; lengths may differ), and returns one probability of bird per sequence.
+
+scikit-learn's conventions hold: ``__init__`` only stores hyperparameters, ``fit`` returns ``self``, learned
+state ends in ``_``, ``random_state`` seeds everything random.
+
+Files are written with ``torch.save`` and read with ``torch.load(..., weights_only=True)``: only tensors,
+numbers, strings, lists and dicts can come back, never arbitrary objects, so a model file handed over by
+someone else cannot run code when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.config import FeatureConfig
+
+#: Written into every model file; bumped when the layout changes.
+MODEL_FORMAT = "scatterbird-detector/1"
+
+
+class DetectorError(ValueError):
+    """Bad input to a detector (shapes, values), or a model file that cannot be used."""
+
+
+class FeatureConfigMismatch(DetectorError):
+    """The model was trained on features made with another configuration than the pipeline's."""
+
+
+def check_sequences(
+    sequences: Sequence[np.ndarray], n_channels: int | None = None, name: str = "sequences"
+) -> list[np.ndarray]:
+    """Validate and convert a list of (n_frames, n_channels) arrays to float32.
+
+    Parameters
+    ----------
+    sequences : sequence of array-like
+        One array per clip, shape (n_frames, n_channels); n_frames may differ.
+    n_channels : int, optional
+        Required channel count (the fitted one).
+    name : str
+        Used in error messages.
+
+    Returns
+    -------
+    list of ndarray, float32
+
+    Raises
+    ------
+    DetectorError
+        On an empty list, a non-2-D or empty sequence, mismatched channel counts, or NaN/inf values.
+    """
+    if sequences is None or len(sequences) == 0:
+        raise DetectorError(f"{name}: no sequences given")
+    out = []
+    for i, s in enumerate(sequences):
+        a = np.asarray(s, dtype=np.float32)
+        if a.ndim != 2:
+            raise DetectorError(f"{name}[{i}]: expected shape (n_frames, n_channels), got {a.shape}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise DetectorError(f"{name}[{i}]: empty sequence, shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise DetectorError(f"{name}[{i}]: contains NaN or infinite values")
+        out.append(a)
+    chans = {a.shape[1] for a in out}
+    if len(chans) > 1:
+        raise DetectorError(f"{name}: sequences have different channel counts {sorted(chans)}")
+    if n_channels is not None and out[0].shape[1] != n_channels:
+        raise DetectorError(
+            f"{name}: sequences have {out[0].shape[1]} channels but the detector was fitted on {n_channels}"
+        )
+    return out
+
+
+def check_labels(labels: Sequence[int], n: int) -> np.ndarray:
+    """Labels as an int array of 0/1 with both classes present."""
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise DetectorError(f"labels: expected {n} labels, got shape {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise DetectorError(f"labels must be 0 or 1, got values {sorted(set(y.tolist()))[:5]}")
+    if len(np.unique(y)) < 2:
+        raise DetectorError(f"labels hold a single class ({int(y[0])}); both bird and no-bird clips are needed")
+    return y.astype(np.int64)
+
+
+class Detector:
+    """Base of every detector. Subclasses implement ``fit``, ``predict_proba``, ``_get_state`` and
+    ``_set_state``; saving and loading are shared.
+
+    Attributes
+    ----------
+    kind : str
+        Registry name written into the file ("inversion", "rntk", ...).
+    feature_config : FeatureConfig or None
+        The configuration of the features the detector is fitted on. Set it before ``save``.
+    """
+
+    kind: ClassVar[str] = "base"
+    _registry: ClassVar[dict[str, type["Detector"]]] = {}
+
+    feature_config: FeatureConfig | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind != "base":
+            Detector._registry[cls.kind] = cls
+
+    # -- to implement -----------------------------------------------------------------------------
+    def fit(
+        self,
+        sequences: Sequence[np.ndarray],
+        labels: Sequence[int],
+        unlabeled: Sequence[np.ndarray] | None = None,
+    ) -> "Detector":
+        """Fit on labelled sequences (and, where the detector can use them, unlabelled ones)."""
+        raise NotImplementedError
+
+    def predict_proba(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Probability of bird, shape (n_sequences,), values in [0, 1]."""
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__`` (JSON-able)."""
+        raise NotImplementedError
+
+    def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Learned state: (tensors, JSON-able extra values)."""
+        raise NotImplementedError
+
+    def _set_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    @property
+    def n_channels_(self) -> int:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights, hyperparameters and feature configuration to one file (safe format)."""
+        tensors, extra = self._get_state()
+        payload = {
+            "format": MODEL_FORMAT,
+            "kind": self.kind,
+            "params_json": json.dumps(self.get_params(), sort_keys=True),
+            "extra_json": json.dumps(extra, sort_keys=True),
+            "feature_config_json": self.feature_config.to_json() if self.feature_config else "",
+            "feature_config_hash": self.feature_config.hash if self.feature_config else "",
+            "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        }
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # never leave a half-written model behind
+
+    @property
+    def model_hash(self) -> str:
+        """A hash of the learned state and hyperparameters (identifies the model in result stores)."""
+        import hashlib
+
+        tensors, extra = self._get_state()
+        h = hashlib.sha256()
+        h.update(self.kind.encode())
+        h.update(json.dumps(self.get_params(), sort_keys=True).encode())
+        h.update(json.dumps(extra, sort_keys=True).encode())
+        for k in sorted(tensors):
+            h.update(k.encode())
+            h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_detector(path: str | os.PathLike, expected_config: FeatureConfig | None = None) -> Detector:
+    """Load any detector saved with :meth:`Detector.save`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file.
+    expected_config : FeatureConfig, optional
+        The pipeline's configuration; loading a model made with another one raises
+        :class:`FeatureConfigMismatch`.
+
+    Raises
+    ------
+    DetectorError
+        If the file is not a scatterbird model, or is of an unknown kind.
+    """
+    try:
+        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DetectorError(f"{path}: model file not found") from None
+    except Exception as exc:  # weights_only refuses anything but plain data
+        raise DetectorError(f"{path}: not a readable scatterbird model file ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise DetectorError(f"{path}: not a scatterbird model file (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+    kind = payload["kind"]
+    _import_known_detectors()
+    cls = Detector._registry.get(kind)
+    if cls is None:
+        raise DetectorError(f"{path}: unknown detector kind {kind!r}; known: {sorted(Detector._registry)}")
+    config = FeatureConfig.from_json(payload["feature_config_json"]) if payload["feature_config_json"] else None
+    if expected_config is not None:
+        if config is None or config.hash != expected_config.hash:
+            raise FeatureConfigMismatch(
+                f"{path}: the model was trained on features with config hash "
+                f"{payload['feature_config_hash'] or '(none)'} but the pipeline uses {expected_config.hash}; "
+                f"model config: {config.to_json() if config else '(none)'}; "
+                f"pipeline config: {expected_config.to_json()}"
+            )
+    det = cls(**json.loads(payload["params_json"]))
+    det.feature_config = config
+    det._set_state(payload["tensors"], json.loads(payload["extra_json"]))
+    return det
+
+
+def _import_known_detectors() -> None:
+    """Import the detector modules so that they register themselves."""
+    import importlib
+
+    for name in ("models.inversion", "models.rntk"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise

@@ -1,0 +1,437 @@
+"""Continuous-wavelet scattering (Morlet filter banks from kymatio), streamed chunk by chunk.
+
+The algorithm is kymatio's ``scattering1d`` (same filters, same subsampling, same channel order), rewritten
+so that the filters of one subsampling level are applied in one batched FFT product instead of a Python
+loop, and so that the complex first-order wavelet coefficients exist as a tensor a hook can edit (the
+thresholding stage) before the modulus.
+
+Streaming: a recording of ``n`` samples gives ``ceil(n / 2**J)`` frames; frame ``i`` is centred on sample
+``i * 2**J``. The signal is reflect-padded by a margin ``M`` at both ends; each chunk is an FFT buffer of
+``fft_size`` samples whose first and last ``M`` samples are context shared with its neighbours. ``M`` is
+chosen from the filters themselves (the time support holding all but 1e-7 of the first-order wavelet's,
+second-order wavelet's and low-pass filter's L1 mass, summed), so a chunk's frames equal the whole-signal
+frames to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .config import FeatureConfig
+
+# Imported from the 1-D module directly: kymatio's top level (kymatio.numpy / kymatio.torch) pulls in its
+# 3-D code, which fails to import with SciPy >= 1.15 (scipy.special.sph_harm was removed).
+from kymatio.scattering1d.filter_bank import scattering_filter_factory
+
+#: kymatio's defaults for the filter bank shape.
+_R_PSI = math.sqrt(0.5)
+_SIGMA0 = 0.1
+_ALPHA = 5.0
+
+#: Tail mass left out of the streaming margin (relative L1 mass of each filter).
+_SUPPORT_EPS = 1e-7
+
+#: A first-order hook receives, per subsampling group, the complex coefficients (batch, filters, time)
+#: with the filters' indices and the group's log2 subsampling, and returns coefficients of the same shape.
+FirstOrderHook = Callable[[list[torch.Tensor], list["FilterGroup"]], list[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class FilterGroup:
+    """First-order filters that share one subsampling factor ``2**k``."""
+
+    k: int
+    index: tuple[int, ...]
+
+
+@dataclass
+class Scattergram:
+    """Log-scattering coefficients of a span of audio, with what a reader needs to interpret them.
+
+    Attributes
+    ----------
+    S : ndarray, float32, shape (n_channels, n_frames)
+        ``log(S + log_eps)`` per channel and frame.
+    frame_rate : float
+        Frames per second.
+    start_time : float
+        Time in seconds (from the file's start) of the centre of frame 0.
+    order : ndarray, int, shape (n_channels,)
+        0, 1 or 2.
+    frequency : ndarray, float, shape (n_channels,)
+        Centre frequency in Hz of the first-order wavelet (0 for the order-0 channel).
+    frequency2 : ndarray, float, shape (n_channels,)
+        Centre frequency in Hz of the second-order wavelet (0 below order 2).
+    config_hash : str
+        Hash of the :class:`FeatureConfig` that made it.
+    """
+
+    S: np.ndarray
+    frame_rate: float
+    start_time: float
+    order: np.ndarray
+    frequency: np.ndarray
+    frequency2: np.ndarray
+    config_hash: str
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.S.shape[1])
+
+    @property
+    def times(self) -> np.ndarray:
+        """Centre time in seconds of each frame."""
+        return self.start_time + np.arange(self.n_frames) / self.frame_rate
+
+
+@dataclass
+class _Bank:
+    """Filters for one FFT length, as torch tensors (real-valued in Fourier)."""
+
+    n: int
+    phi: list[torch.Tensor]  # phi[k]: low-pass at subsampling 2**k, length n / 2**k
+    psi1: torch.Tensor  # (K1, n)
+    psi2: list[torch.Tensor]  # psi2[k]: (K2, n / 2**k)
+    groups: list[FilterGroup]
+    # second-order plan: per first-order group, list of (k2, psi2 indices, output channel rows (G1, G2))
+    plan2: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+
+
+def _fold(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Subsample in time by ``factor`` by periodising the spectrum (kymatio's ``subsample_fourier``)."""
+    if factor == 1:
+        return x
+    n = x.shape[-1]
+    return x.reshape(*x.shape[:-1], factor, n // factor).mean(dim=-2)
+
+
+def _support(h_f: np.ndarray, eps: float = _SUPPORT_EPS) -> int:
+    """Half-width in samples holding all but ``eps`` of a filter's time-domain L1 mass."""
+    h = np.abs(np.fft.ifft(h_f))
+    n = h.size
+    # mass at lag |t| (lag 0 once, +t and -t together)
+    lag = np.concatenate([[h[0]], h[1 : n // 2] + h[:-n // 2:-1][: n // 2 - 1]])
+    tail = np.cumsum(lag[::-1])[::-1]  # tail[s] = mass at |t| >= s
+    total = tail[0]
+    above = np.nonzero(tail > eps * total)[0]
+    return int(above[-1]) + 1 if above.size else 0
+
+
+class Scattering:
+    """First- and second-order scattering of a 1-D signal, whole or streamed.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+        Sample rate, J, Q1, Q2, order, log offset.
+    fft_size : int, optional
+        Length of each streaming chunk's FFT buffer (a power of two, at least four times the margin).
+        Defaults to the smallest power of two >= 2**17 that leaves at least half the buffer for new frames.
+    first_order_hook : callable, optional
+        Edits the complex first-order wavelet coefficients before the modulus (the thresholding stage).
+        See ``FirstOrderHook``.
+
+    Notes
+    -----
+    Channel order is kymatio's: order 0, then the first-order channels by decreasing centre frequency, then
+    the second-order channels grouped by first-order filter.
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig | None = None,
+        *,
+        fft_size: int | None = None,
+        first_order_hook: FirstOrderHook | None = None,
+    ) -> None:
+        self.config = config or FeatureConfig()
+        c = self.config
+        self.log2_T = int(c.J)
+        self.hop = 2**self.log2_T
+        self.first_order_hook = first_order_hook
+        # Metadata and margin from a reference bank (the filters' shapes do not depend on the FFT length).
+        ref_n = max(2 ** (self.log2_T + 8), 2**14)
+        phi_f, psi1_f, psi2_f = self._factory(ref_n)
+        self._psi1_meta = psi1_f
+        self._psi2_meta = psi2_f
+        sup_phi = _support(phi_f["levels"][0])
+        sup1 = max(_support(f["levels"][0]) for f in psi1_f)
+        sup2 = max(_support(f["levels"][0]) for f in psi2_f) if c.max_order == 2 else 0
+        margin = sup_phi + sup1 + sup2
+        self.margin = int(math.ceil(margin / self.hop) * self.hop)
+        if fft_size is None:
+            fft_size = 2**17
+            while fft_size - 2 * self.margin < fft_size // 2:
+                fft_size *= 2
+        if fft_size & (fft_size - 1) or fft_size - 2 * self.margin < self.hop:
+            raise ValueError(
+                f"fft_size must be a power of two larger than 2*margin + hop = {2 * self.margin + self.hop}, "
+                f"got {fft_size}"
+            )
+        self.fft_size = int(fft_size)
+        self.core = self.fft_size - 2 * self.margin  # new samples per chunk, a multiple of hop
+        self._build_metadata()
+
+    # -- filters ---------------------------------------------------------------------------------
+    def _factory(self, n: int):
+        c = self.config
+        return scattering_filter_factory(
+            n, c.J, (c.Q1, c.Q2), 2**c.J, r_psi=_R_PSI, sigma0=_SIGMA0, alpha=_ALPHA
+        )
+
+    def _build_metadata(self) -> None:
+        sr = self.config.sample_rate
+        order = [0]
+        f1 = [0.0]
+        f2 = [0.0]
+        pairs: list[tuple[int, int]] = []
+        for n1, p1 in enumerate(self._psi1_meta):
+            order.append(1)
+            f1.append(p1["xi"] * sr)
+            f2.append(0.0)
+        if self.config.max_order == 2:
+            for n1, p1 in enumerate(self._psi1_meta):
+                for n2, p2 in enumerate(self._psi2_meta):
+                    if p2["j"] > p1["j"]:
+                        order.append(2)
+                        f1.append(p1["xi"] * sr)
+                        f2.append(p2["xi"] * sr)
+                        pairs.append((n1, n2))
+        self.order = np.array(order, dtype=np.int64)
+        self.frequency = np.array(f1, dtype=np.float64)
+        self.frequency2 = np.array(f2, dtype=np.float64)
+        self.pairs = pairs
+        self.n_channels = len(order)
+
+    @property
+    def psi1_xi(self) -> np.ndarray:
+        """Centre frequencies of the first-order wavelets, in cycles per sample."""
+        return np.array([p["xi"] for p in self._psi1_meta])
+
+    @property
+    def psi1_sigma(self) -> np.ndarray:
+        """Frequency widths of the first-order wavelets, in cycles per sample."""
+        return np.array([p["sigma"] for p in self._psi1_meta])
+
+    def first_order_k(self) -> np.ndarray:
+        """log2 subsampling of each first-order filter's complex coefficients."""
+        return np.array([min(p["j"], self.log2_T) for p in self._psi1_meta], dtype=np.int64)
+
+    def psi1_fourier(self, n: int) -> np.ndarray:
+        """First-order filters in Fourier at FFT length ``n``, shape (K1, n), real float64."""
+        _, psi1_f, _ = self._factory(n)
+        return np.stack([p["levels"][0] for p in psi1_f]).real
+
+    @lru_cache(maxsize=4)
+    def _bank(self, n: int) -> _Bank:
+        phi_f, psi1_f, psi2_f = self._factory(n)
+        phi = [torch.from_numpy(np.ascontiguousarray(p.real, dtype=np.float32)) for p in phi_f["levels"]]
+        psi1 = torch.from_numpy(np.stack([p["levels"][0].real for p in psi1_f]).astype(np.float32))
+        psi2: list[torch.Tensor] = []
+        if self.config.max_order == 2:
+            n_levels = max(len(p["levels"]) for p in psi2_f)
+            for k in range(n_levels):
+                rows = []
+                for p in psi2_f:
+                    lev = p["levels"][k] if k < len(p["levels"]) else np.zeros(n >> k)
+                    rows.append(lev.real)
+                psi2.append(torch.from_numpy(np.stack(rows).astype(np.float32)))
+        ks = self.first_order_k()
+        groups = [FilterGroup(int(k), tuple(int(i) for i in np.nonzero(ks == k)[0])) for k in sorted(set(ks))]
+        bank = _Bank(n=n, phi=phi, psi1=psi1, psi2=psi2, groups=groups)
+        if self.config.max_order == 2:
+            row_of = {pair: 1 + len(psi1_f) + i for i, pair in enumerate(self.pairs)}
+            j1s = [p["j"] for p in psi1_f]
+            for g in groups:
+                plans = []
+                # within a group all j1 are equal when k < log2_T; otherwise split by j1 validity per pair
+                by_k2: dict[int, list[int]] = {}
+                for n2, p2 in enumerate(psi2_f):
+                    if all(p2["j"] > j1s[i] for i in g.index):
+                        k2 = max(min(p2["j"], self.log2_T) - g.k, 0)
+                        by_k2.setdefault(k2, []).append(n2)
+                    elif any(p2["j"] > j1s[i] for i in g.index):  # pragma: no cover - not with kymatio banks
+                        raise NotImplementedError("mixed second-order validity inside a subsampling group")
+                for k2, n2s in sorted(by_k2.items()):
+                    rows = torch.tensor([[row_of[(i, n2)] for n2 in n2s] for i in g.index], dtype=torch.long)
+                    plans.append((k2, torch.tensor(n2s, dtype=torch.long), rows))
+                bank.plan2.append(plans)
+        return bank
+
+    # -- the transform on one buffer ----------------------------------------------------------------
+    @torch.no_grad()
+    def _transform_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """Scattering (before log) of buffers ``x`` (B, n), circular; returns (B, C, n / hop) float32."""
+        b, n = x.shape
+        bank = self._bank(n)
+        lt = self.log2_T
+        out = torch.empty(b, self.n_channels, n >> lt, dtype=torch.float32)
+        x = x.to(torch.float32)
+        X = torch.fft.fft(x)
+        # Order 0 averages |x|, not x as kymatio does: the low-pass of a signed audio signal is its DC offset,
+        # which carries no information and cannot be log-compressed.
+        out[:, 0] = torch.fft.ifft(_fold(torch.fft.fft(x.abs()) * bank.phi[0], 2**lt)).real
+        U1 = [torch.fft.ifft(_fold(X[:, None, :] * bank.psi1[list(g.index)], 2**g.k)) for g in bank.groups]
+        if self.first_order_hook is not None:
+            U1 = self.first_order_hook(U1, bank.groups)
+        for gi, (g, u) in enumerate(zip(bank.groups, U1)):
+            Uh = torch.fft.fft(u.abs())
+            idx = torch.tensor(g.index) + 1
+            out[:, idx] = torch.fft.ifft(_fold(Uh * bank.phi[g.k], 2 ** max(lt - g.k, 0))).real
+            if self.config.max_order == 2:
+                for k2, n2s, rows in bank.plan2[gi]:
+                    V = torch.fft.ifft(_fold(Uh[:, :, None, :] * bank.psi2[g.k][n2s], 2**k2)).abs()
+                    S2 = torch.fft.ifft(
+                        _fold(torch.fft.fft(V) * bank.phi[g.k + k2], 2 ** max(lt - g.k - k2, 0))
+                    ).real
+                    out[:, rows.reshape(-1)] = S2.reshape(b, -1, S2.shape[-1])
+        return out
+
+    def _log(self, S: torch.Tensor) -> np.ndarray:
+        # Rounding can make a tiny average negative; the modulus makes the true value >= 0.
+        return torch.log(S.clamp_min(0) + self.config.log_eps).numpy().astype(np.float32, copy=False)
+
+    def _wrap(self, S: np.ndarray, start_frame: int) -> Scattergram:
+        return Scattergram(
+            S=S,
+            frame_rate=self.config.frame_rate,
+            start_time=start_frame * self.hop / self.config.sample_rate,
+            order=self.order,
+            frequency=self.frequency,
+            frequency2=self.frequency2,
+            config_hash=self.config.hash,
+        )
+
+    # -- public API ------------------------------------------------------------------------------
+    def n_frames(self, n_samples: int) -> int:
+        """Frames produced for a signal of ``n_samples`` samples: ``ceil(n_samples / hop)``."""
+        return -(-int(n_samples) // self.hop)
+
+    def whole(self, x: np.ndarray) -> Scattergram:
+        """Scatter a whole signal in one FFT buffer (the reference the streamed path must equal).
+
+        Parameters
+        ----------
+        x : ndarray, shape (n_samples,)
+            Mono signal at the configured sample rate.
+
+        Returns
+        -------
+        Scattergram
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 1 or x.size < 2:
+            raise ValueError(f"expected a 1-D signal of at least 2 samples, got shape {x.shape}")
+        nf = self.n_frames(x.size)
+        m = self.margin
+        right = m + nf * self.hop - x.size
+        padded = np.pad(x, (m, right), mode="reflect")
+        S = self._transform_buffer(torch.from_numpy(padded)[None])[0, :, m // self.hop : m // self.hop + nf]
+        return self._wrap(self._log(S), 0)
+
+    def stream(self, blocks: Iterable[np.ndarray], *, batch: int = 1) -> Iterator[Scattergram]:
+        """Scatter a stream of mono blocks chunk by chunk; yields consecutive Scattergrams.
+
+        Concatenating the yielded ``S`` along time equals ``whole(concatenated blocks).S`` to float32
+        rounding. Memory is bounded by ``batch * fft_size``, whatever the stream's length.
+
+        Parameters
+        ----------
+        blocks : iterable of ndarray
+            Consecutive mono float32 blocks of any sizes (e.g. an :class:`~pipeline.audio.AudioStream`).
+        batch : int
+            Chunks transformed together in one batched call.
+        """
+        m, core, n_fft, hop = self.margin, self.core, self.fft_size, self.hop
+        frames_per_chunk = core // hop
+        head = np.zeros(0, dtype=np.float32)  # raw samples before the left pad is known
+        buf = np.zeros(0, dtype=np.float32)  # padded signal from the current chunk's start
+        tail = np.zeros(0, dtype=np.float32)  # last raw samples, for the right reflect pad
+        started = False
+        n_total = 0
+        next_frame = 0
+        pending: list[np.ndarray] = []
+        pending_frames: list[int] = []
+
+        def flush() -> Iterator[Scattergram]:
+            nonlocal pending, pending_frames
+            if not pending:
+                return
+            S = self._transform_buffer(torch.from_numpy(np.stack(pending)))
+            lo = m // hop
+            for i, f0 in enumerate(pending_frames):
+                yield self._wrap(self._log(S[i, :, lo : lo + frames_per_chunk]), f0)
+            pending, pending_frames = [], []
+
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float32).reshape(-1)
+            if block.size == 0:
+                continue
+            n_total += block.size
+            tail = np.concatenate([tail, block])[-(m + hop + 1):]
+            if not started:
+                head = np.concatenate([head, block])
+                if head.size <= m:
+                    continue
+                buf = np.concatenate([head[m:0:-1], head])  # reflect pad, as np.pad(mode="reflect")
+                started = True
+            else:
+                buf = np.concatenate([buf, block])
+            while buf.size >= n_fft:
+                pending.append(buf[:n_fft].copy())
+                pending_frames.append(next_frame)
+                next_frame += frames_per_chunk
+                buf = buf[core:]
+                if len(pending) >= batch:
+                    yield from flush()
+        if n_total == 0:
+            raise ValueError("empty stream: no samples")
+        nf = self.n_frames(n_total)
+        if not started:  # shorter than the margin: pad it whole, exactly as `whole` does
+            right = m + nf * hop - head.size
+            buf = np.pad(head, (m, right), mode="reflect")
+        else:
+            right = m + nf * hop - n_total
+            # np.pad's reflect of the last samples; repeat reflection if the tail is too short.
+            buf = np.concatenate([buf, np.pad(tail, (0, right), mode="reflect")[tail.size:]])
+        yield from flush()
+        while next_frame < nf:
+            chunk = buf[:n_fft]
+            if chunk.size < n_fft:
+                chunk = np.pad(chunk, (0, n_fft - chunk.size))
+            S = self._transform_buffer(torch.from_numpy(np.ascontiguousarray(chunk))[None])
+            lo = m // hop
+            take = min(frames_per_chunk, nf - next_frame)
+            yield self._wrap(self._log(S[0, :, lo : lo + take]), next_frame)
+            next_frame += take
+            buf = buf[core:]
+
+
+def concatenate(parts: Sequence[Scattergram]) -> Scattergram:
+    """Join consecutive Scattergrams along time."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    first = parts[0]
+    return Scattergram(
+        S=np.concatenate([p.S for p in parts], axis=1),
+        frame_rate=first.frame_rate,
+        start_time=first.start_time,
+        order=first.order,
+        frequency=first.frequency,
+        frequency2=first.frequency2,
+        config_hash=first.config_hash,
+    )
+
+
+def scatter_file(path, config: FeatureConfig | None = None, scattering: Scattering | None = None) -> Scattergram:
+    """Stream a recording from disk through the scattering front end and return all its frames."""
+    from .audio import stream_audio
+
+    sc = scattering or Scattering(config)
+    return concatenate(list(sc.stream(stream_audio(path, sc.config.sample_rate))))
