@@ -44,6 +44,9 @@ class FeatureConfig:
         ``THRESHOLD_MODES``.
     threshold_order2 : bool
         Also threshold the second-order wavelet coefficients.
+    pool_s : float
+        Step in seconds to which frames are average-pooled before they reach a detector that works on
+        coarse sequences (the RNTK: 0.25 s turns a 10 s clip into 40 steps). 0 keeps the native frames.
     """
 
     sample_rate: int = 22050
@@ -54,6 +57,7 @@ class FeatureConfig:
     log_eps: float = 1e-5
     threshold: str = "none"
     threshold_order2: bool = False
+    pool_s: float = 0.0
     schema: int = field(default=CONFIG_SCHEMA)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class FeatureConfig:
             raise ConfigError(f"max_order must be 1 or 2, got {self.max_order}")
         if not self.log_eps > 0:
             raise ConfigError(f"log_eps must be > 0, got {self.log_eps}")
+        if self.pool_s < 0:
+            raise ConfigError(f"pool_s must be >= 0 seconds, got {self.pool_s}")
         if self.threshold not in THRESHOLD_MODES:
             raise ConfigError(
                 f"threshold must be one of {', '.join(THRESHOLD_MODES)}; got {self.threshold!r}"
