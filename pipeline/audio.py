@@ -83,6 +83,38 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
         raise AudioError(path, f"unreadable audio ({exc})") from None
 
 
+def _wav_truncation(path: str | os.PathLike) -> str | None:
+    """For a RIFF/WAVE file, compare the data size its header declares with the bytes present.
+
+    libsndfile quietly reads what is there from a truncated WAV; a cut-off recording should be reported.
+    Returns a reason when the file is truncated, else None. Sizes of 0 or 0xFFFFFFFF (written by recorders
+    that stream and never finalise the header) are accepted as "unknown".
+    """
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                if csize in (0, 0xFFFFFFFF):
+                    return None
+                present = size - (pos + 8)
+                if present < csize:
+                    return f"truncated file: the header declares {csize} bytes of audio but only {present} are present"
+                return None
+            pos += 8 + csize + (csize & 1)
+    return None
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Read a recording's header.
 
@@ -102,6 +134,10 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     """
     with _open(path) as f:
         info = AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), f.format, f.subtype)
+    if info.format in ("WAV", "WAVEX"):
+        reason = _wav_truncation(path)
+        if reason:
+            raise AudioError(path, reason)
     _check_info(info)
     return info
 

@@ -1,0 +1,70 @@
+"""The `features` command end to end: good files processed, bad ones reported, exit code, outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+import cli
+from pipeline.config import FeatureConfig
+from pipeline.features import load_scattergram
+from pipeline.scattering import Scattering
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--sr", "8000", "-J", "6", "--q1", "4", "--threshold", "none"]
+
+
+def _mixed_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "season"
+    (d / "site_a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sf.write(d / "site_a" / "good1.wav", 0.1 * rng.standard_normal(8000 * 2), 16000)
+    sf.write(d / "good2.flac", 0.1 * rng.standard_normal((12000, 2)), 12000)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "text.wav").write_text("not audio at all\n" * 30)
+    x = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    x[4000] = np.nan
+    sf.write(d / "nan.wav", x, 8000, subtype="FLOAT")
+    sf.write(d / "one.wav", np.array([0.2], np.float32), 8000)
+    return d
+
+
+def test_features_processes_good_and_reports_bad(tmp_path, capsys):
+    d = _mixed_folder(tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["features", str(d), "-o", str(out), "-q", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1  # some inputs failed
+    written = sorted(p.name for p in out.glob("*.npz"))
+    assert written == ["good2_flac.npz", "site_a__good1_wav.npz"]
+    for name in ("empty.wav", "text.wav", "nan.wav", "one.wav"):
+        assert name in err
+    assert "NaN" in err and "empty" in err and "too short" in err
+    g = load_scattergram(out / "site_a__good1_wav.npz")
+    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="none")
+    assert g.config_hash == config.hash
+    assert g.S.dtype == np.float32 and g.S.shape == (Scattering(config).n_channels, Scattering(config).n_frames(8000))
+    with np.load(out / "site_a__good1_wav.npz") as z:
+        for key in ("S", "frame_rate", "start_time", "order", "frequency", "config_hash"):
+            assert key in z.files
+
+
+def test_features_all_good_exits_zero(tmp_path):
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32) + 0.01, 8000)
+    assert cli.main(["features", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o"), "-q", *FAST]) == 0
+
+
+def test_no_inputs_is_a_usage_error(tmp_path):
+    assert cli.main(["features", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "-q"]) == 2
+
+
+def test_cli_help_from_a_checkout_and_bad_option():
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "features" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "features", "x", "-o", "y", "--threshold", "magic"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--threshold" in r.stderr and "magic" in r.stderr
