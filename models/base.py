@@ -22,6 +22,9 @@ import torch
 
 from pipeline.config import FeatureConfig
 
+#: Hyperparameters that change how a detector reports, not what it computes.
+_NOT_HASHED = frozenset({"verbose", "progress", "n_jobs"})
+
 #: Written into every model file; bumped when the layout changes.
 MODEL_FORMAT = "scatterbird-detector/1"
 
@@ -165,9 +168,11 @@ class Detector:
         import hashlib
 
         tensors, extra = self._get_state()
+        # Display-only options must not make two identical models look different.
+        params = {k: v for k, v in self.get_params().items() if k not in _NOT_HASHED}
         h = hashlib.sha256()
         h.update(self.kind.encode())
-        h.update(json.dumps(self.get_params(), sort_keys=True).encode())
+        h.update(json.dumps(params, sort_keys=True).encode())
         h.update(json.dumps(extra, sort_keys=True).encode())
         for k in sorted(tensors):
             h.update(k.encode())

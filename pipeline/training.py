@@ -1,0 +1,602 @@
+"""Train a detector from labelled recordings (and unlabelled ones): the ``train`` command's work.
+
+Steps, in this order, so that every input problem is reported before any feature is computed or any
+training starts:
+
+1. **Labels.** A Bird Audio Detection style folder (audio under ``wav/`` or the folder itself, and one CSV
+   with ``itemid`` and ``hasbird`` columns), or an audio directory and a label CSV given separately.
+   Each ``itemid`` must name an audio file (its name without extension). Both classes must be present.
+2. **Few labels, simulated.** ``labelled_fraction < 1`` keeps a stratified random share of the labels; the
+   other labelled clips join the unlabelled set with their labels hidden.
+3. **Unlabelled recordings** of any length are cut into windows exactly as detection cuts them
+   (:func:`pipeline.segments.iter_windows`), so the network trains on what it will later score.
+4. **Features** go through the pipeline (streamed audio -> scattering -> pooling) and are cached on disk
+   under ``CACHE/<feature-config hash>/``, one file per recording, keyed by the recording's absolute path,
+   size and modification time (and the window spec for unlabelled ones): a second run recomputes nothing,
+   and an edited recording or another configuration never reuses stale features.
+5. **The detector** is built by name from the registry of :class:`models.base.Detector` subclasses
+   (``inversion``, ``rntk``, ...), fitted, given the feature configuration, and saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .audio import AudioError, stream_audio
+from .config import FeatureConfig
+from .inputs import find_audio
+from .scattering import Scattering, scatter_file
+from .segments import WindowSpec, iter_windows, pool_sequence
+
+#: Name of the feature cache folder next to the model file, when no cache directory is given.
+CACHE_DIRNAME = ".cache"
+
+
+class TrainingError(ValueError):
+    """Unusable training input (labels, audio, options); the message says what and where."""
+
+
+# -- labels --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelledClip:
+    """One labelled recording."""
+
+    itemid: str
+    path: Path
+    label: int
+
+
+def read_labels(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """Read a label CSV with ``itemid`` and ``hasbird`` columns (others, e.g. ``datasetid``, are ignored).
+
+    Returns
+    -------
+    list of (itemid, label)
+        In file order; labels 0 or 1.
+
+    Raises
+    ------
+    TrainingError
+        If the file is missing or empty, lacks a column, holds a value other than 0/1, or repeats an itemid.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"label file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # BOM-tolerant: spreadsheets often write one
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"label file {p} cannot be read ({exc})") from None
+    rows = list(csv.reader(line for line in text.splitlines() if line.strip()))
+    if not rows:
+        raise TrainingError(f"label file {p} is empty; expected a header 'itemid,hasbird' and one row per clip")
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in ("itemid", "hasbird") if c not in header]
+    if missing:
+        raise TrainingError(
+            f"label file {p} lacks the column(s) {', '.join(missing)}; its header is {','.join(rows[0])!r} "
+            "(expected itemid,hasbird)"
+        )
+    ci, cl = header.index("itemid"), header.index("hasbird")
+    out: list[tuple[str, int]] = []
+    seen: dict[str, int] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) <= max(ci, cl):
+            raise TrainingError(f"label file {p}, line {n}: expected {len(header)} columns, got {len(row)}")
+        item, value = row[ci].strip(), row[cl].strip()
+        if not item:
+            raise TrainingError(f"label file {p}, line {n}: empty itemid")
+        if value not in ("0", "1"):
+            raise TrainingError(f"label file {p}, line {n}: hasbird must be 0 or 1, got {value!r}")
+        if item in seen:
+            raise TrainingError(f"label file {p}, line {n}: itemid {item!r} already given on line {seen[item]}")
+        seen[item] = n
+        out.append((item, int(value)))
+    if not out:
+        raise TrainingError(f"label file {p} has a header but no rows: no labelled clips")
+    return out
+
+
+def find_dataset_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Locate the audio directory and label CSV of a Bird Audio Detection style folder.
+
+    The audio is under ``FOLDER/wav`` when it exists, else the folder itself. The labels are the one CSV
+    directly in the folder whose header has ``itemid`` and ``hasbird``.
+
+    Raises
+    ------
+    TrainingError
+        If the folder is missing, or holds no such CSV, or several.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise TrainingError(f"dataset folder {root} not found")
+    candidates = []
+    for f in sorted(root.glob("*.csv")):
+        try:
+            with open(f, encoding="utf-8-sig") as fh:
+                head = [h.strip().lower() for h in next(csv.reader(fh), [])]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "itemid" in head and "hasbird" in head:
+            candidates.append(f)
+    if not candidates:
+        raise TrainingError(
+            f"dataset folder {root} holds no label CSV with itemid and hasbird columns; "
+            "give --audio DIR --labels CSV instead"
+        )
+    if len(candidates) > 1:
+        raise TrainingError(
+            f"dataset folder {root} holds several label CSVs ({', '.join(c.name for c in candidates)}); "
+            "choose one with --audio DIR --labels CSV"
+        )
+    audio = root / "wav" if (root / "wav").is_dir() else root
+    return audio, candidates[0]
+
+
+def match_audio(labels: Sequence[tuple[str, int]], audio_dir: str | os.PathLike) -> list[LabelledClip]:
+    """Pair each labelled itemid with its audio file (the file's name without extension).
+
+    Raises
+    ------
+    TrainingError
+        If the directory is missing or holds no audio, if some itemids have no file (the first few are
+        named), or if an itemid matches several files.
+    """
+    d = Path(audio_dir)
+    if not d.is_dir():
+        raise TrainingError(f"audio directory {d} not found")
+    scan = find_audio([d])
+    if not scan.files:
+        raise TrainingError(f"audio directory {d} holds no audio files")
+    by_id: dict[str, list[Path]] = {}
+    for f in scan.files:
+        by_id.setdefault(f.stem, []).append(f)
+    missing = [item for item, _ in labels if item not in by_id]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise TrainingError(f"{len(missing)} of {len(labels)} labelled itemids have no audio file in {d}: {shown}")
+    dup = [item for item, _ in labels if len(by_id[item]) > 1]
+    if dup:
+        raise TrainingError(
+            f"itemid {dup[0]!r} matches several files in {d}: {', '.join(map(str, by_id[dup[0]]))}"
+        )
+    return [LabelledClip(item, by_id[item][0], y) for item, y in labels]
+
+
+def check_both_classes(clips: Sequence[LabelledClip], what: str = "the labels") -> None:
+    """Raise unless both bird and no-bird clips are present."""
+    ys = {c.label for c in clips}
+    if len(ys) < 2:
+        only = "bird (hasbird=1)" if ys == {1} else "no-bird (hasbird=0)"
+        raise TrainingError(f"{what} hold a single class: every clip is {only}; both classes are needed to train")
+
+
+def split_labelled(
+    clips: Sequence[LabelledClip], fraction: float, seed: int = 0
+) -> tuple[list[LabelledClip], list[LabelledClip]]:
+    """Keep a stratified random ``fraction`` of the labelled clips; return (kept, hidden).
+
+    At least one clip of each class is kept. ``fraction = 1`` keeps all, in order.
+    """
+    if not 0 < fraction <= 1:
+        raise TrainingError(f"labelled fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(clips), []
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for c in (0, 1):
+        idx = [i for i, clip in enumerate(clips) if clip.label == c]
+        k = max(1, int(round(fraction * len(idx))))
+        keep.update(int(i) for i in rng.permutation(idx)[:k])
+    kept = [c for i, c in enumerate(clips) if i in keep]
+    hidden = [c for i, c in enumerate(clips) if i not in keep]
+    return kept, hidden
+
+
+def find_unlabelled(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Audio files of the unlabelled inputs (directories searched recursively, files, path lists).
+
+    Raises
+    ------
+    TrainingError
+        If an input is missing or they hold no audio at all.
+    """
+    scan = find_audio(list(inputs))
+    missing = [p for p, why in scan.problems if why == "not found"]
+    if missing:
+        raise TrainingError(f"unlabelled input {missing[0]} not found")
+    if not scan.files:
+        raise TrainingError(f"the unlabelled input(s) {', '.join(map(str, inputs))} hold no audio files")
+    return scan.files
+
+
+# -- features and their cache ----------------------------------------------------------------------------
+class FeatureCache:
+    """Sequences per recording on disk, under ``ROOT/<config hash>/<key>.npz``.
+
+    The key hashes the recording's absolute path, size and modification time, and what is cut from it
+    (the whole clip, or windows of a given length and hop). Files are plain ``.npz`` (no pickle).
+
+    Parameters
+    ----------
+    root : path or None
+        Cache folder (created); None disables caching.
+    config : FeatureConfig
+    """
+
+    def __init__(self, root: str | os.PathLike | None, config: FeatureConfig) -> None:
+        self.config = config
+        self.dir = Path(root) / config.hash if root is not None else None
+        self.hits = 0
+        self.misses = 0
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            info = self.dir / "config.json"
+            if not info.exists():
+                info.write_text(config.to_json() + "\n")
+
+    def key(self, path: Path, cut: str) -> str:
+        st = path.stat()
+        ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "cut": cut}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+    def get(self, path: Path, cut: str) -> list[np.ndarray] | None:
+        if self.dir is None:
+            return None
+        f = self.dir / f"{self.key(path, cut)}.npz"
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                frames, bounds = z["frames"], z["bounds"]
+        except (OSError, KeyError, ValueError):  # absent or damaged: recompute
+            return None
+        self.hits += 1
+        return [frames[a:b] for a, b in bounds]
+
+    def put(self, path: Path, cut: str, seqs: Sequence[np.ndarray]) -> None:
+        if self.dir is None:
+            return
+        ends = np.cumsum([s.shape[0] for s in seqs])
+        bounds = np.stack([ends - [s.shape[0] for s in seqs], ends], axis=1)
+        f = self.dir / f"{self.key(path, cut)}.npz"
+        tmp = Path(f"{f}.tmp.npz")
+        np.savez(tmp, frames=np.concatenate(seqs).astype(np.float32), bounds=bounds, source=np.str_(path))
+        os.replace(tmp, f)  # a crash never leaves a half-written entry under the real name
+
+
+def clip_sequence(path: Path, config: FeatureConfig, scattering: Scattering) -> np.ndarray:
+    """A whole labelled clip as one (n_steps, n_channels) sequence (pooled to ``config.pool_s``)."""
+    sg = scatter_file(path, scattering=scattering)
+    return pool_sequence(np.ascontiguousarray(sg.S.T), sg.frame_rate, config.pool_s)
+
+
+def window_sequences(path: Path, config: FeatureConfig, scattering: Scattering, spec: WindowSpec) -> list[np.ndarray]:
+    """A recording of any length cut into the windows detection would score."""
+    stream = stream_audio(path, config.sample_rate)
+    chunks = scattering.stream(stream)
+    return [w.frames for w in iter_windows(chunks, config, spec, lambda: stream.samples_out)]
+
+
+_SCATTERING: dict[str, Scattering] = {}
+
+
+def _scattering(config: FeatureConfig) -> Scattering:
+    """One front end per configuration and process: building its filters takes seconds."""
+    if config.hash not in _SCATTERING:
+        _SCATTERING[config.hash] = Scattering(config)
+    return _SCATTERING[config.hash]
+
+
+@dataclass
+class FeatureSet:
+    """Sequences of many recordings: ``sequences[i]`` holds the windows of ``paths[i]`` (one for a clip)."""
+
+    paths: list[Path] = field(default_factory=list)
+    sequences: list[list[np.ndarray]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def compute_features(
+    paths: Sequence[Path],
+    config: FeatureConfig,
+    cache: FeatureCache,
+    *,
+    windows: WindowSpec | None = None,
+    desc: str = "features",
+    progress: bool = True,
+    scattering: Scattering | None = None,
+) -> FeatureSet:
+    """Features of every recording, from the cache when there; unreadable recordings are recorded, not raised.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+    config : FeatureConfig
+    cache : FeatureCache
+    windows : WindowSpec, optional
+        Cut each recording into these windows; None keeps each whole (a labelled clip).
+    desc : str
+        Progress bar label.
+    progress : bool
+        Show a progress bar (tqdm) on stderr.
+    scattering : Scattering, optional
+        Front end to use; default: one per configuration and process, built at the first cache miss.
+    """
+    from tqdm import tqdm
+
+    cut = "clip" if windows is None else f"windows:{windows.window_s}:{windows.hop_s}"
+    sc = scattering
+    out = FeatureSet()
+    for path in tqdm(paths, desc=desc, unit="file", disable=not progress, leave=False):
+        try:
+            seqs = cache.get(path, cut)
+        except OSError as exc:  # the file vanished or cannot be stat'ed since it was found
+            out.failed.append((str(path), f"cannot be read ({exc.strerror or exc})"))
+            continue
+        if seqs is None:
+            sc = sc or _scattering(config)
+            try:
+                if windows is None:
+                    seqs = [clip_sequence(path, config, sc)]
+                else:
+                    seqs = window_sequences(path, config, sc, windows)
+            except AudioError as exc:
+                out.failed.append((str(path), exc.reason))
+                continue
+            except ValueError as exc:  # e.g. a recording too short for one frame
+                out.failed.append((str(path), str(exc)))
+                continue
+            cache.misses += 1
+            cache.put(path, cut, seqs)
+        out.paths.append(path)
+        out.sequences.append(seqs)
+    return out
+
+
+# -- detectors by name --------------------------------------------------------------------------------
+def available_detectors() -> dict[str, type]:
+    """Registered detector classes by kind (importing the known detector modules first)."""
+    from models.base import Detector, _import_known_detectors
+
+    _import_known_detectors()
+    return dict(Detector._registry)
+
+
+def build_detector(name: str, params: Mapping[str, Any] | None = None, seed: int | None = None):
+    """A new detector of kind ``name`` with hyperparameters ``params``.
+
+    ``seed`` is passed as ``random_state`` when the detector takes one and ``params`` does not set it.
+
+    Raises
+    ------
+    TrainingError
+        On an unknown kind or a hyperparameter the detector does not take.
+    """
+    known = available_detectors()
+    cls = known.get(name)
+    if cls is None:
+        raise TrainingError(f"unknown model {name!r}; available: {', '.join(sorted(known)) or '(none)'}")
+    params = dict(params or {})
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    if seed is not None and "random_state" in accepted and "random_state" not in params:
+        params["random_state"] = int(seed)
+    unknown = [k for k in params if k not in accepted and not takes_any]
+    if unknown:
+        names = [k for k in accepted if k != "self"]
+        raise TrainingError(f"model {name!r} takes no parameter {unknown[0]!r}; its parameters: {', '.join(names)}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"model {name!r}: {exc}") from None
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; values are read as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrainingError(f"model parameter {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# -- the whole command -------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """What a detector is fitted on, and where it came from."""
+
+    sequences: list[np.ndarray]
+    labels: np.ndarray
+    unlabeled: list[np.ndarray]
+    labelled_ids: list[str]
+    n_hidden: int = 0  # labelled clips used as unlabelled (labelled_fraction < 1)
+    n_unlabelled_files: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+def prepare_training_data(
+    *,
+    dataset: str | os.PathLike | None = None,
+    audio: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    unlabeled: Sequence[str | os.PathLike] = (),
+    config: FeatureConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    labelled_fraction: float = 1.0,
+    window_s: float = 10.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingData:
+    """Validate the inputs, then compute (or read back) the features of every recording.
+
+    Parameters
+    ----------
+    dataset : path, optional
+        A Bird Audio Detection style folder; or give ``audio`` and ``labels``.
+    audio, labels : path, optional
+        Audio directory and label CSV (``itemid,hasbird``).
+    unlabeled : sequence of path
+        Unlabelled recordings of any length (directories, files, path lists), cut into windows.
+    config : FeatureConfig
+    cache_dir : path, optional
+        Feature cache root; None: no cache.
+    labelled_fraction : float
+        Share of labels kept (stratified); the rest of the labelled clips become unlabelled.
+    window_s : float
+        Window length (and hop) for the unlabelled recordings, in seconds.
+    seed : int
+        Seeds the choice of kept labels.
+    progress : bool
+
+    Raises
+    ------
+    TrainingError
+        For any unusable input, before any feature is computed.
+    """
+    config = config or FeatureConfig()
+    if (dataset is None) == (audio is None and labels is None):
+        raise TrainingError("give either a dataset folder or both --audio DIR and --labels CSV")
+    if dataset is not None:
+        audio, labels = find_dataset_files(dataset)
+    elif audio is None or labels is None:
+        raise TrainingError("--audio and --labels go together: give both")
+    if not window_s > 0:
+        raise TrainingError(f"window must be > 0 seconds, got {window_s}")
+    clips = match_audio(read_labels(labels), audio)
+    check_both_classes(clips)
+    kept, hidden = split_labelled(clips, labelled_fraction, seed)
+    unlab_files = find_unlabelled(unlabeled) if unlabeled else []
+    labelled_paths = {c.path.resolve() for c in clips}
+    unlab_files = [f for f in unlab_files if f.resolve() not in labelled_paths]  # never train on a clip twice
+
+    cache = FeatureCache(cache_dir, config)
+    lab = compute_features([c.path for c in kept], config, cache, desc="labelled", progress=progress)
+    hid = compute_features([c.path for c in hidden], config, cache, desc="hidden-label", progress=progress)
+    unl = compute_features(
+        unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabelled", progress=progress
+    )
+    ok = {p: s[0] for p, s in zip(lab.paths, lab.sequences)}
+    used = [c for c in kept if c.path in ok]
+    if not used:
+        raise TrainingError("none of the labelled recordings could be read; see the failures above")
+    check_both_classes(used, "the readable labelled clips")
+    return TrainingData(
+        sequences=[ok[c.path] for c in used],
+        labels=np.array([c.label for c in used], dtype=np.int64),
+        unlabeled=[w for seqs in hid.sequences + unl.sequences for w in seqs],
+        labelled_ids=[c.itemid for c in used],
+        n_hidden=len(hid.paths),
+        n_unlabelled_files=len(unl.paths),
+        failed=lab.failed + hid.failed + unl.failed,
+        cache_hits=cache.hits,
+        cache_misses=cache.misses,
+    )
+
+
+def default_cache_dir(model_path: str | os.PathLike) -> Path:
+    """``<the model file's folder>/.cache``: stable across runs that write the same model."""
+    return Path(model_path).resolve().parent / CACHE_DIRNAME
+
+
+def fit_detector(det, data: TrainingData, config: FeatureConfig):
+    """Fit ``det`` on ``data`` (with the unlabelled windows when there are any); attach the configuration."""
+    if data.unlabeled:
+        det.fit(data.sequences, data.labels, unlabeled=data.unlabeled)
+    else:
+        det.fit(data.sequences, data.labels)
+    det.feature_config = config
+    return det
+
+
+def validate_output(path: str | os.PathLike) -> Path:
+    """The model path, checked writable before hours of training."""
+    p = Path(path)
+    if p.is_dir():
+        raise TrainingError(f"output {p} is a directory; give a model file name")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise TrainingError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise TrainingError(f"output folder {parent} is not writable")
+    return p
+
+
+@dataclass
+class TrainReport:
+    """What ``run_train`` did."""
+
+    model_path: Path
+    detector: Any
+    data: TrainingData
+    fit_seconds: float
+
+
+def run_train(
+    output: str | os.PathLike,
+    *,
+    model: str = "inversion",
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    config: FeatureConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **inputs: Any,
+) -> TrainReport:
+    """Check everything, compute the features, train ``model`` and write it to ``output``.
+
+    Parameters
+    ----------
+    output : path
+        The model file to write.
+    model : str
+        Detector kind (see :func:`available_detectors`).
+    params : mapping, optional
+        Detector hyperparameters.
+    seed : int
+        Seeds the choice of kept labels and, as ``random_state``, the detector.
+    config : FeatureConfig, optional
+    cache_dir : path, optional
+        Feature cache root; default ``<model folder>/.cache``.
+    progress : bool
+        Progress bars (features, and training when the detector takes ``verbose``).
+    **inputs
+        ``dataset`` or ``audio`` + ``labels``, ``unlabeled``, ``labelled_fraction``, ``window_s``: see
+        :func:`prepare_training_data`.
+
+    Raises
+    ------
+    TrainingError
+        For unusable inputs or options, before any feature is computed.
+    """
+    import time
+
+    config = config or FeatureConfig()
+    out = validate_output(output)
+    params = dict(params or {})
+    if progress and "verbose" in inspect.signature(available_detectors().get(model, object).__init__).parameters:
+        params.setdefault("verbose", True)
+    det = build_detector(model, params, seed)  # a bad model name or parameter fails before any feature work
+    data = prepare_training_data(
+        config=config, cache_dir=cache_dir if cache_dir is not None else default_cache_dir(out),
+        seed=seed, progress=progress, **inputs,
+    )
+    t0 = time.perf_counter()
+    fit_detector(det, data, config)
+    seconds = time.perf_counter() - t0
+    det.save(out)
+    return TrainReport(model_path=out, detector=det, data=data, fit_seconds=seconds)

@@ -1,0 +1,238 @@
+"""Tests of pipeline/training.py and the ``train`` command: inputs, errors, feature cache, end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cli import main
+from data.synthetic import write_dataset
+from models.base import load_detector
+from models.inversion import InversionDetector
+from pipeline import training
+from pipeline.config import FeatureConfig
+from pipeline.training import (
+    TrainingError,
+    build_detector,
+    find_dataset_files,
+    parse_params,
+    prepare_training_data,
+    read_labels,
+    run_train,
+    split_labelled,
+    match_audio,
+)
+
+torch.set_num_threads(1)
+
+#: First order only and short clips: the filter banks and the features take a fraction of the default's time.
+CONFIG = FeatureConfig(max_order=1)
+FAST = {"max_epochs": 3, "widths": [8, 8]}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small BAD-style folder (16 clips of 2 s, loud birds) and a folder of two 12 s unlabelled recordings."""
+    root = tmp_path_factory.mktemp("bad")
+    write_dataset(root / "bad", 16, duration=2.0, snr_db=(10.0, 20.0), seed=3)
+    write_dataset(root / "unl", 2, duration=12.0, seed=4, datasetid="unl")
+    return root
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if features are computed or a detector is fitted."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before the input was validated")
+
+    monkeypatch.setattr(training, "compute_features", boom)
+    monkeypatch.setattr(InversionDetector, "fit", boom)
+
+
+# -- labels and inputs -----------------------------------------------------------------------------------
+def test_read_labels_and_dataset_layout(dataset):
+    audio, labels = find_dataset_files(dataset / "bad")
+    assert audio == dataset / "bad" / "wav" and labels.name == "synthetic.csv"  # not events.csv
+    rows = read_labels(labels)
+    assert len(rows) == 16 and rows[0][0] == "synthetic_00000" and {y for _, y in rows} == {0, 1}
+    clips = match_audio(rows, audio)
+    assert all(c.path.stem == c.itemid and c.path.exists() for c in clips)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "is empty"),
+        ("itemid,hasbird\n", "no rows"),
+        ("itemid,label\na,1\n", "lacks the column"),
+        ("itemid,hasbird\na,yes\n", "line 2: hasbird must be 0 or 1"),
+        ("itemid,hasbird\na,1\na,0\n", "already given"),
+    ],
+)
+def test_bad_label_files(tmp_path, text, match):
+    f = tmp_path / "labels.csv"
+    f.write_text(text)
+    with pytest.raises(TrainingError, match=match):
+        read_labels(f)
+
+
+def test_split_labelled_is_stratified_and_seeded(dataset):
+    clips = match_audio(read_labels(dataset / "bad" / "synthetic.csv"), dataset / "bad" / "wav")
+    kept, hidden = split_labelled(clips, 0.25, seed=1)
+    assert len(kept) + len(hidden) == len(clips) and {c.label for c in kept} == {0, 1}
+    assert [c.itemid for c in kept] == [c.itemid for c in split_labelled(clips, 0.25, seed=1)[0]]
+    assert split_labelled(clips, 1.0) == (clips, [])
+    with pytest.raises(TrainingError, match="fraction"):
+        split_labelled(clips, 0.0)
+
+
+# -- bad input: a clear error before any work --------------------------------------------------------
+def _labels(tmp_path, text):
+    f = tmp_path / "labels.csv"
+    f.write_text(text)
+    return f
+
+
+def test_error_empty_label_file(dataset, tmp_path, no_training):
+    with pytest.raises(TrainingError, match="is empty"):
+        run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, ""), config=CONFIG)
+
+
+def test_error_labels_name_missing_audio(dataset, tmp_path, no_training):
+    text = "itemid,hasbird\nsynthetic_00000,1\nnot_there,0\nalso_missing,1\n"
+    with pytest.raises(TrainingError, match=r"2 of 3 labelled itemids have no audio file .*not_there, also_missing"):
+        run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, text), config=CONFIG)
+
+
+def test_error_single_class(dataset, tmp_path, no_training):
+    text = "itemid,hasbird\nsynthetic_00000,0\nsynthetic_00001,0\n"
+    with pytest.raises(TrainingError, match="single class: every clip is no-bird"):
+        run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, text), config=CONFIG)
+
+
+def test_error_unlabelled_folder_without_audio(dataset, tmp_path, no_training):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here")
+    with pytest.raises(TrainingError, match="hold no audio files"):
+        run_train(tmp_path / "m.pt", dataset=dataset / "bad", unlabeled=[empty], config=CONFIG)
+    with pytest.raises(TrainingError, match="not found"):
+        run_train(tmp_path / "m.pt", dataset=dataset / "bad", unlabeled=[tmp_path / "absent"], config=CONFIG)
+
+
+def test_error_bad_model_and_options(dataset, tmp_path, no_training):
+    with pytest.raises(TrainingError, match="unknown model 'nope'"):
+        run_train(tmp_path / "m.pt", dataset=dataset / "bad", model="nope", config=CONFIG)
+    with pytest.raises(TrainingError, match="takes no parameter 'epochs'"):
+        run_train(tmp_path / "m.pt", dataset=dataset / "bad", params={"epochs": 3}, config=CONFIG)
+    with pytest.raises(TrainingError, match="either a dataset folder or both"):
+        run_train(tmp_path / "m.pt", config=CONFIG)
+    with pytest.raises(TrainingError, match="is a directory"):
+        run_train(tmp_path, dataset=dataset / "bad", config=CONFIG)
+
+
+def test_cli_reports_input_errors(dataset, tmp_path, capsys, no_training):
+    rc = main(["train", "--audio", str(dataset / "bad" / "wav"), "--labels", str(_labels(tmp_path, "")),
+               "-o", str(tmp_path / "m.pt"), "--order", "1", "-q"])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_parse_params_and_build():
+    assert parse_params(["max_epochs=3", "widths=[8, 8]", "name=abc"]) == {
+        "max_epochs": 3, "widths": [8, 8], "name": "abc"}
+    with pytest.raises(TrainingError, match="KEY=VALUE"):
+        parse_params(["oops"])
+    det = build_detector("inversion", {"max_epochs": 2}, seed=7)
+    assert isinstance(det, InversionDetector) and det.random_state == 7 and det.max_epochs == 2
+
+
+# -- features, cache, end to end -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def warm(dataset, tmp_path_factory):
+    """Features of the whole test set computed once into a cache that later tests read back."""
+    cache = tmp_path_factory.mktemp("cache")
+    kw = dict(dataset=dataset / "bad", unlabeled=[dataset / "unl" / "wav"], config=CONFIG, cache_dir=cache,
+              window_s=5.0, progress=False)
+    return cache, kw, prepare_training_data(**kw)
+
+
+def test_features_windows_and_cache(dataset, warm):
+    cache, kw, first = warm
+    n_frames_2s = -(-2 * CONFIG.sample_rate // CONFIG.hop_samples)
+    assert len(first.sequences) == 16 and all(s.shape == (n_frames_2s, 63) for s in first.sequences)
+    # 12 s recordings in 5 s windows: [0,5), [5,10) and the end-aligned [7,12)
+    assert first.n_unlabelled_files == 2 and len(first.unlabeled) == 6
+    assert (first.cache_hits, first.cache_misses) == (0, 18)
+    assert (cache / CONFIG.hash / "config.json").exists()
+
+    second = prepare_training_data(**kw)
+    assert (second.cache_hits, second.cache_misses) == (18, 0)
+    for a, b in zip(first.sequences + first.unlabeled, second.sequences + second.unlabeled):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cache_is_keyed_by_config_and_file(dataset, warm, tmp_path):
+    cache, kw, _ = warm
+    src = sorted((dataset / "unl" / "wav").glob("*.wav"))[0]
+    wav = shutil.copy(src, tmp_path / "copy.wav")
+    # Another configuration does not reuse the features of the first.
+    pooled = CONFIG.replace(pool_s=0.5)
+    clips = [sorted((dataset / "bad" / "wav").glob("*.wav"))[0]]
+    fs = training.compute_features(clips, pooled, training.FeatureCache(cache, pooled), progress=False)
+    assert fs.sequences[0][0].shape == (4, 63)  # 2 s in steps of 0.5 s
+    c = training.FeatureCache(cache, CONFIG)
+    training.compute_features(clips, CONFIG, c, progress=False)
+    assert (c.hits, c.misses) == (1, 0)
+    # A changed recording is recomputed.
+    c = training.FeatureCache(cache, CONFIG)
+    training.compute_features([wav], CONFIG, c, progress=False)
+    st = os.stat(wav)
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    training.compute_features([wav], CONFIG, c, progress=False)
+    assert (c.hits, c.misses) == (0, 2)
+
+
+def test_labelled_fraction_hides_labels(dataset, warm):
+    cache, kw, _ = warm
+    data = prepare_training_data(dataset=dataset / "bad", config=CONFIG, cache_dir=cache, labelled_fraction=0.25,
+                                 progress=False)
+    y = np.array([v for _, v in read_labels(dataset / "bad" / "synthetic.csv")])
+    expected = sum(max(1, int(round(0.25 * np.sum(y == c)))) for c in (0, 1))
+    assert len(data.labels) == expected and set(data.labels.tolist()) == {0, 1}
+    assert data.n_hidden == 16 - expected and len(data.unlabeled) == 16 - expected
+    assert data.cache_misses == 0
+
+
+def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys):
+    model = tmp_path / "out" / "model.pt"
+    shutil.copytree(warm[0], model.parent / ".cache")  # the default cache place: next to the model
+    args = ["train", str(dataset / "bad"), "--unlabeled", str(dataset / "unl" / "wav"), "-o", str(model),
+            "--order", "1", "--window", "5", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "16 labelled clip(s)" in out and "6 unlabelled window(s)" in out and "18 from the cache, 0 computed" in out
+    det = load_detector(model, expected_config=CONFIG)
+    assert isinstance(det, InversionDetector) and det.n_channels_ == 63 and det.max_epochs == 3
+    p = det.predict_proba(warm[2].sequences)
+    assert p.shape == (16,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_path):
+    cache, _, _ = warm
+    rows = read_labels(dataset / "bad" / "synthetic.csv")
+    pick = [next(r for r in rows if r[1] == 0), next(r for r in rows if r[1] == 1), rows[2]]
+    audio = tmp_path / "wav"
+    audio.mkdir()
+    for item, _ in pick:  # links resolve to the cached recordings: no feature is recomputed
+        (audio / f"{item}.wav").symlink_to(dataset / "bad" / "wav" / f"{item}.wav")
+    (audio / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    labels = _labels(tmp_path, "itemid,hasbird\n" + "".join(f"{i},{y}\n" for i, y in pick) + "broken,1\n")
+    data = prepare_training_data(audio=audio, labels=labels, config=CONFIG, cache_dir=cache, progress=False)
+    assert data.labelled_ids == [i for i, _ in pick] and data.cache_misses == 0
+    assert len(data.failed) == 1 and data.failed[0][0].endswith("broken.wav")
