@@ -1,0 +1,663 @@
+"""The stage runner behind ``scatterbird analyze``: every spline analysis of a trained detector over a set of
+clips, as one JSON-able summary plus the arrays the figures need.
+
+The stages (see ``/work/shared/papers/spline-analysis.md`` §8 for why these):
+
+1. ``templates``: affine form, class templates, bias share, template overlap, template-input cosine;
+2. ``codes``: per-layer VQ codes, code statistics, Hamming distances, nearest-neighbour retrieval;
+3. ``power_diagram``: per-layer centroids and radii, exact regions crossed along audio augmentations,
+   local complexity, a 2-D slice of the partition through three clips;
+4. ``beta_sweep``: accuracy and calibration as every nonlinearity moves from hard (beta = 1) to linear
+   (and, for networks with max-pooling, as the activations alone move);
+5. ``rugosity``: finite-difference tangent Hessian along time shift, frequency shift, gain and noise, each
+   against an isotropic direction of the same size.
+
+:func:`run_analysis` takes arrays only. :func:`load_clips` and :func:`analyze_inputs` are the file-facing
+part used by the command line (audio or feature files in, an output directory written by
+:mod:`pipeline.analysis_report`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.spline.affine import template_stats
+from models.spline.betavq import DEFAULT_BETAS, beta_sweep
+from models.spline.codes import code_statistics, hamming, input_codes, nearest_neighbours
+from models.spline.directions import FeatureSpace, audio_directions, random_direction
+from models.spline.network import PointwiseHandler, SplineNet, handler_for, iter_batches, spline_view
+from models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
+from models.spline.rugosity import jacobian_norm, tangent_rugosity
+
+STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
+
+
+class AnalysisError(ValueError):
+    """The model cannot be analysed (not piecewise affine) or the inputs are unusable."""
+
+
+# -- the model ------------------------------------------------------------------------------------------
+@dataclass
+class SplineModel:
+    """A detector's network as a float64 spline view, with the map from a sequence to its input.
+
+    Attributes
+    ----------
+    view : SplineNet
+        Takes (batch, n_channels, n_frames).
+    mean, std : ndarray, (n_channels,)
+        Per-channel standardisation of the sequences.
+    positive : int
+        Index of the bird logit.
+    """
+
+    view: SplineNet
+    mean: np.ndarray
+    std: np.ndarray
+    positive: int = 1
+
+    def to_input(self, seq: np.ndarray) -> torch.Tensor:
+        """A (n_frames, n_channels) sequence as the network input (n_channels, n_frames), float64."""
+        z = (np.asarray(seq, dtype=np.float64) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(z.T))
+
+    def log_odds(self, x: torch.Tensor) -> torch.Tensor:
+        """Bird log-odds of a batch (batch,)."""
+        z = self.view(x)
+        if z.shape[1] == 1:
+            return z[:, 0]
+        other = [c for c in range(z.shape[1]) if c != self.positive]
+        return z[:, self.positive] - torch.logsumexp(z[:, other], dim=1)
+
+
+def spline_model(model: Any, *, n_channels: int | None = None) -> SplineModel:
+    """The :class:`SplineModel` of a detector or a bare network.
+
+    Parameters
+    ----------
+    model : Detector or nn.Module
+        A detector with a fitted torch network ``net_`` taking (batch, n_channels, n_frames) of sequences
+        standardised as ``(seq - mean_) / std_`` (the inversion detector), or a network taking that input
+        directly.
+    n_channels : int, optional
+        Channel count of a bare network (for its identity standardisation).
+
+    Raises
+    ------
+    AnalysisError
+        If the model holds no torch network, or its network is not piecewise affine.
+    """
+    net = model if isinstance(model, nn.Module) else getattr(model, "net_", None)
+    if not isinstance(net, nn.Module):
+        kind = getattr(model, "kind", type(model).__name__)
+        raise AnalysisError(
+            f"model of kind {kind!r} holds no piecewise-affine torch network to analyse "
+            "(the spline analyses need a network such as the inversion detector's)"
+        )
+    try:
+        view = spline_view(net)
+    except (TypeError, ValueError) as exc:
+        raise AnalysisError(f"the model's network is not piecewise affine: {exc}") from None
+    mean = getattr(model, "mean_", None)
+    std = getattr(model, "std_", None)
+    if mean is None or std is None:
+        c = n_channels or getattr(model, "n_channels", None)
+        if c is None:
+            raise AnalysisError("a bare network needs n_channels")
+        mean, std = np.zeros(int(c)), np.ones(int(c))
+    return SplineModel(view, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+
+
+# -- the clips ------------------------------------------------------------------------------------------
+@dataclass
+class ClipSet:
+    """Sequences to analyse, with what the audio directions need.
+
+    Attributes
+    ----------
+    names : list of str
+    sequences : list of ndarray, (n_frames, n_channels)
+        Log-scattering sequences as the detector takes them.
+    labels : ndarray of 0/1, optional
+    order, frequency, frequency2 : ndarray, optional
+        Channel metadata (for the frequency shift).
+    log_eps : float
+        Offset of the log compression (for gain and noise).
+    """
+
+    names: list[str]
+    sequences: list[np.ndarray]
+    labels: np.ndarray | None = None
+    order: np.ndarray | None = None
+    frequency: np.ndarray | None = None
+    frequency2: np.ndarray | None = None
+    log_eps: float = 1e-5
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class AnalysisOptions:
+    """Sizes and parameters of the stages.
+
+    Attributes
+    ----------
+    stages : sequence of str
+        Subset of :data:`STAGES`.
+    max_clips : int
+        Clips used by the cheap stages (templates, codes, beta sweep): the first ones, classes balanced.
+    detail_clips : int
+        Clips used by the costly ones (regions along paths, local complexity, rugosity).
+    betas : sequence of float
+    shift_frames, freq_bins, gain_db, noise_db : augmentation sizes (see :mod:`~models.spline.directions`).
+    lc_radius : float
+        Local-complexity radius as a fraction of the clip's input norm.
+    lc_vertices : int
+    slice_grid : int
+        Grid points per axis of the 2-D slice.
+    seed : int
+    """
+
+    stages: Sequence[str] = STAGES
+    max_clips: int = 64
+    detail_clips: int = 4
+    betas: Sequence[float] = DEFAULT_BETAS
+    shift_frames: int = 1
+    freq_bins: int = 1
+    gain_db: float = 1.0
+    noise_db: float = -20.0
+    lc_radius: float = 0.01
+    lc_vertices: int = 40
+    slice_grid: int = 80
+    seed: int = 0
+
+
+@dataclass
+class Analysis:
+    """``summary``: JSON-able numbers; ``arrays``: what the figures are drawn from."""
+
+    summary: dict[str, Any]
+    arrays: dict[str, Any]
+
+
+def _balanced_order(labels: np.ndarray | None, n: int) -> np.ndarray:
+    """Indices interleaving the classes (pos, neg, pos, ...) so that any prefix is about balanced."""
+    if labels is None:
+        return np.arange(n)
+    pos, neg = list(np.nonzero(labels == 1)[0]), list(np.nonzero(labels != 1)[0])
+    out = []
+    while pos or neg:
+        if pos:
+            out.append(pos.pop(0))
+        if neg:
+            out.append(neg.pop(0))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _log_odds(z: np.ndarray, positive: int) -> np.ndarray:
+    """Bird log-odds from logits (..., n_out): the logit itself for one output, the difference for two."""
+    if z.shape[-1] == 1:
+        return z[..., 0]
+    if z.shape[-1] == 2:
+        return z[..., positive] - z[..., 1 - positive]
+    others = np.delete(z, positive, axis=-1)
+    m = others.max(-1, keepdims=True)
+    return z[..., positive] - (m[..., 0] + np.log(np.exp(others - m).sum(-1)))
+
+
+def _stat(v: np.ndarray) -> dict[str, float]:
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "median": float("nan"), "p90": float("nan")}
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "p90": float(np.percentile(v, 90))}
+
+
+def run_analysis(
+    model: SplineModel,
+    clips: ClipSet,
+    options: AnalysisOptions | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Analysis:
+    """Run the spline-analysis stages on a set of clips.
+
+    Parameters
+    ----------
+    model : SplineModel
+    clips : ClipSet
+        At least 3 clips. All are cropped to the shortest one's frame count, so that codes of different
+        clips are comparable unit by unit.
+    options : AnalysisOptions, optional
+    progress : callable, optional
+        Called with a short message as each stage starts.
+
+    Returns
+    -------
+    Analysis
+    """
+    opt = options or AnalysisOptions()
+    say = progress or (lambda msg: None)
+    unknown = set(opt.stages) - set(STAGES)
+    if unknown:
+        raise AnalysisError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    n_all = len(clips.sequences)
+    if n_all < 3:
+        raise AnalysisError(f"at least 3 clips are needed, got {n_all}")
+    t_min = min(s.shape[0] for s in clips.sequences)
+    labels_all = None if clips.labels is None else np.asarray(clips.labels).astype(int)
+    order = _balanced_order(labels_all, n_all)[: opt.max_clips]
+    names = [clips.names[i] for i in order]
+    y = None if labels_all is None else labels_all[order]
+    X = torch.stack([model.to_input(clips.sequences[i][:t_min]) for i in order])  # (n, C, T)
+    n = X.shape[0]
+    detail = np.arange(min(opt.detail_clips, n))  # the balanced order puts pos, neg, pos, ... first
+    space = FeatureSpace(model.mean, model.std, clips.log_eps, clips.order, clips.frequency, clips.frequency2)
+    view = model.view
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {
+        "n_clips": int(n),
+        "n_clips_given": int(n_all),
+        "n_frames": int(t_min),
+        "n_channels": int(X.shape[1]),
+        "input_dim": int(X[0].numel()),
+        "labelled": y is not None,
+        "n_bird": None if y is None else int(y.sum()),
+        "layers": [type(view.parts[i]).__name__ for i in view.piecewise_index],
+        "clips": names,
+        "detail_clips": [names[i] for i in detail],
+    }
+    arrays: dict[str, Any] = {"names": names, "labels": y, "order": clips.order, "frequency": clips.frequency}
+    with torch.no_grad():
+        log_odds = torch.cat([model.log_odds(X[sl]) for sl in iter_batches(n, 16)]).numpy()
+    summary["log_odds"] = _stat(log_odds)
+    arrays["log_odds"] = log_odds
+
+    if "templates" in opt.stages:
+        say("templates")
+        t0 = time.perf_counter()
+        summary["templates"], arrays["templates"] = _stage_templates(model, X, y, detail)
+        timings["templates"] = time.perf_counter() - t0
+    if "codes" in opt.stages:
+        say("codes")
+        t0 = time.perf_counter()
+        summary["codes"], arrays["codes"] = _stage_codes(view, X, y, names, detail)
+        timings["codes"] = time.perf_counter() - t0
+    if "power_diagram" in opt.stages:
+        say("power diagram and regions")
+        t0 = time.perf_counter()
+        summary["power_diagram"], arrays["power_diagram"] = _stage_power_diagram(model, X, names, detail, space, opt)
+        timings["power_diagram"] = time.perf_counter() - t0
+    if "beta_sweep" in opt.stages:
+        say("beta sweep")
+        t0 = time.perf_counter()
+        batches = [X[sl] for sl in iter_batches(n, 16)]
+        summary["beta_sweep"] = beta_sweep(view, batches, y, opt.betas, positive=model.positive)
+        if any(not isinstance(handler_for(view.parts[i]), PointwiseHandler) for i in view.piecewise_index):
+            # the same sweep with the max-poolings kept hard: which softening costs what
+            summary["beta_sweep_activations"] = beta_sweep(
+                view, batches, y, opt.betas, positive=model.positive, target="activations"
+            )
+        timings["beta_sweep"] = time.perf_counter() - t0
+    if "rugosity" in opt.stages:
+        say("rugosity")
+        t0 = time.perf_counter()
+        summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
+        timings["rugosity"] = time.perf_counter() - t0
+    summary["seconds"] = timings
+    return Analysis(summary, arrays)
+
+
+def _stage_templates(model: SplineModel, X: torch.Tensor, y: np.ndarray | None, detail: np.ndarray):
+    view = model.view
+    bias, overlap, in_cos, lo_cos = [], [], [], []
+    lo_templates = []
+    for sl in iter_batches(X.shape[0], 8):
+        st = template_stats(view, X[sl])
+        pred = st.form.out.argmax(1)
+        bias.append(st.bias_share.numpy())
+        overlap.append(st.overlap.numpy())
+        in_cos.append(st.input_cosine.gather(1, pred[:, None])[:, 0].numpy())
+        A = st.form.A
+        # template of the bird log-odds (for two logits, the difference of the class templates)
+        if A.shape[1] == 1:
+            lo_t = A[:, 0]
+        elif A.shape[1] == 2:
+            lo_t = A[:, model.positive] - A[:, 1 - model.positive]
+        else:
+            lo_t = A[:, model.positive]
+        lo_templates.append(lo_t.numpy())
+        xf = X[sl].flatten(1)
+        lo_cos.append(((lo_t.flatten(1) * xf).sum(1) / (lo_t.flatten(1).norm(dim=1) * xf.norm(dim=1))).numpy())
+    bias_a, lo_t_all = np.concatenate(bias), np.concatenate(lo_templates)
+    summary = {
+        "bias_share_mean_per_logit": bias_a.mean(0).tolist(),
+        "template_overlap": _stat(np.concatenate(overlap)),
+        "predicted_template_input_cosine": _stat(np.concatenate(in_cos)),
+        "log_odds_template_input_cosine": _stat(np.concatenate(lo_cos)),
+        "notes": "bias share = |B_c| / (|<A_c, x>| + |B_c|); overlap = mean |cos| between class templates",
+    }
+    arrays = {"inputs": X[detail].numpy(), "log_odds_templates": lo_t_all[detail]}
+    if y is not None:
+        lo_cos_a = np.concatenate(lo_cos)
+        summary["log_odds_template_input_cosine_bird"] = _stat(lo_cos_a[y == 1])
+        summary["log_odds_template_input_cosine_nobird"] = _stat(lo_cos_a[y == 0])
+        for c, key in ((1, "mean_template_bird"), (0, "mean_template_nobird")):
+            if (y == c).any():
+                arrays[key] = lo_t_all[y == c].mean(0)
+    cr = centroid_radius(view, X[detail])
+    arrays["centroid_layer1"] = cr.mu[0].numpy()
+    return summary, arrays
+
+
+def _stage_codes(view: SplineNet, X: torch.Tensor, y: np.ndarray | None, names: list[str], detail: np.ndarray):
+    codes = input_codes(view, X, batch=16)
+    with torch.no_grad():
+        n_pieces = [p.shape[-1] for p in view.trace(X[:1]).pieces]
+    stats = code_statistics(codes, y, n_pieces)
+    for rec, l in zip(stats, range(len(codes))):
+        rec["part"] = type(view.parts[view.piecewise_index[l]]).__name__
+    retrieval = []
+    deep = len(codes) - 1
+    for l in sorted({0, deep}):
+        idx, dist = nearest_neighbours(codes[l], k=3)
+        for i in detail:
+            retrieval.append(
+                {
+                    "layer": l + 1,
+                    "query": names[i],
+                    "query_label": None if y is None else int(y[i]),
+                    "neighbours": [names[j] for j in idx[i]],
+                    "neighbour_labels": None if y is None else [int(y[j]) for j in idx[i]],
+                    "distances": [float(d) for d in dist[i]],
+                }
+            )
+    arrays = {"hamming_first": hamming(codes[0]), "hamming_last": hamming(codes[deep]), "stats": stats}
+    return {"per_layer": stats, "retrieval": retrieval}, arrays
+
+
+def _stage_power_diagram(
+    model: SplineModel, X: torch.Tensor, names: list[str], detail: np.ndarray, space: FeatureSpace, opt: AnalysisOptions
+):
+    view = model.view
+    Xd = X[detail]
+    cr = centroid_radius(view, Xd)
+    xf = Xd.flatten(1)
+    per_layer = []
+    for l, (mu, rad) in enumerate(zip(cr.mu, cr.rad)):
+        m = mu.flatten(1)
+        per_layer.append(
+            {
+                "layer": l + 1 if l < view.n_layers else "logits",
+                "centroid_norm": _stat(m.norm(dim=1).numpy()),
+                "radius": _stat(rad.numpy()),
+                "centroid_input_cosine": _stat(((m * xf).sum(1) / (m.norm(dim=1) * xf.norm(dim=1)).clamp_min(1e-300)).numpy()),
+            }
+        )
+    dirs = audio_directions(space, shift_frames=opt.shift_frames, freq_bins=opt.freq_bins, gain_db=opt.gain_db, noise_db=opt.noise_db)
+    g = torch.Generator().manual_seed(opt.seed)
+    regions: dict[str, list[dict]] = {}
+    path = None
+    for i in range(Xd.shape[0]):
+        x = Xd[i : i + 1]
+        for name, fn in dirs.items():
+            xa = fn(x[0]).unsqueeze(0)
+            eps = float((xa - x).norm())
+            for key, target in ((name, xa), (f"random@{name}", random_direction(x[0], eps, g).unsqueeze(0))):
+                seg = regions_on_segment(view, x, target)
+                regions.setdefault(key, []).append(
+                    {
+                        "regions": seg.n_regions,
+                        "per_layer": seg.per_layer,
+                        "distance": seg.length,
+                        "decision_flips": seg.decision_flips(model.positive, 1 - model.positive),
+                    }
+                )
+                if path is None and name == "time_shift" and key == name:
+                    lo = _log_odds(seg.knots_logits, model.positive)
+                    path = {"u": seg.knots_u, "log_odds": lo, "layer": seg.layer}
+    region_summary = {
+        k: {
+            "regions": _stat([r["regions"] for r in v]),
+            "regions_per_unit_distance": _stat([(r["regions"] - 1) / r["distance"] if r["distance"] else 0.0 for r in v]),
+            "decision_flips": _stat([r["decision_flips"] for r in v]),
+            "new_breakpoints_per_layer_mean": np.mean([r["per_layer"] for r in v], axis=0).tolist(),
+        }
+        for k, v in regions.items()
+    }
+    lc = []
+    for i in range(Xd.shape[0]):
+        x = Xd[i : i + 1]
+        lc.append(local_complexity(view, x, opt.lc_radius * float(x.norm()), n_vertices=opt.lc_vertices, seed=opt.seed + i))
+    lc_summary = [
+        {"layer": l + 1, "cut_units": _stat([c[l]["cut_units"] for c in lc]), "cut_fraction": _stat([c[l]["cut_fraction"] for c in lc])}
+        for l in range(view.n_layers)
+    ]
+    first = [int(i) for i in detail[:3]]  # the slice's three anchors: the first detail clips, topped up
+    anchor_idx = first + [i for i in range(X.shape[0]) if i not in first][: 3 - len(first)]
+    anchors = X[anchor_idx]
+    wide = slice_regions(view, anchors, n=opt.slice_grid)
+    # Between clips the regions are far smaller than a grid cell; zoom on anchor 0 so that about
+    # grid/4 regions span the window, from the region density measured along the time shift.
+    density = region_summary.get("time_shift", {}).get("regions_per_unit_distance", {}).get("mean")
+    if not density:
+        v = random_direction(anchors[0], 0.01 * float(anchors[0].norm()), g) - anchors[0]
+        density = regions_on_segment(view, anchors[:1], anchors[:1] + v.unsqueeze(0)).density
+    half = (opt.slice_grid / 8) / max(float(density), 1e-12)  # in input-norm units
+    ws = half / max(float((anchors[1] - anchors[0]).norm()), 1e-12)
+    wt = half / max(float((anchors[2] - anchors[0]).norm()), 1e-12)
+    zoom = slice_regions(view, anchors, n=opt.slice_grid, extent=(-ws, ws, -wt, wt))
+    slices = {}
+    arrays_slices = {}
+    for key, sl in (("wide", wide), ("zoom", zoom)):
+        slices[key] = {
+            "extent": [float(sl.s[0]), float(sl.s[-1]), float(sl.t[0]), float(sl.t[-1])],
+            "regions": sl.n_regions,
+            "regions_per_layer": sl.regions_per_layer,
+        }
+        arrays_slices[key] = {"s": sl.s, "t": sl.t, "region": sl.region, "log_odds": _log_odds(sl.logits, model.positive)}
+    summary = {
+        "centroids": per_layer,
+        "regions_along": region_summary,
+        "regions_per_clip": regions,
+        "local_complexity": {"radius_fraction_of_norm": opt.lc_radius, "vertices": opt.lc_vertices, "per_layer": lc_summary},
+        "slice": {"grid": opt.slice_grid, "anchors": [names[i] for i in anchor_idx], **slices},
+    }
+    arrays = {"path": path, "slice": arrays_slices}
+    return summary, arrays
+
+
+def _stage_rugosity(view: SplineNet, X: torch.Tensor, detail: np.ndarray, space: FeatureSpace, opt: AnalysisOptions):
+    dirs = audio_directions(space, shift_frames=opt.shift_frames, freq_bins=opt.freq_bins, gain_db=opt.gain_db, noise_db=opt.noise_db)
+    g = torch.Generator().manual_seed(opt.seed + 1)
+    Xd = X[detail]
+    values: dict[str, list[float]] = {}
+    eps_of: dict[str, list[float]] = {}
+    for name, fn in dirs.items():
+        xa = torch.stack([fn(x) for x in Xd])
+        d = xa - Xd
+        eps = d.flatten(1).norm(dim=1)
+        values[name] = tangent_rugosity(view, Xd, d, eps).tolist()
+        u = torch.randn(Xd.shape, generator=g, dtype=Xd.dtype)
+        values[f"random@{name}"] = tangent_rugosity(view, Xd, u, eps).tolist()
+        eps_of[name] = eps.tolist()
+    jn = jacobian_norm(view, Xd).numpy()
+    summary = {
+        "per_direction": {
+            k: {**_stat(v), "eps_mean": float(np.mean(eps_of[k.split("@")[-1]]))} for k, v in values.items()
+        },
+        "ratio_to_random": {
+            k: (float(np.mean(values[k]) / np.mean(values[f"random@{k}"])) if np.mean(values[f"random@{k}"]) > 0 else None)
+            for k in dirs
+        },
+        "jacobian_norm": _stat(jn),
+        "notes": "R = ||J(x + eps v) - J(x)||_F / eps with eps v = aug(x) - x; random@d: isotropic v, same eps",
+    }
+    return summary, {"values": values}
+
+
+# -- files ----------------------------------------------------------------------------------------------
+def read_labels(path: str | os.PathLike) -> dict[str, int]:
+    """Labels by itemid from a Bird-Audio-Detection CSV (``itemid,hasbird``; the training pipeline's reader)."""
+    from pipeline.training import TrainingError, read_labels as _read
+
+    try:
+        return {Path(item).stem: int(lab) for item, lab in _read(path)}
+    except TrainingError as exc:
+        raise AnalysisError(str(exc)) from None
+
+
+def _label_for(name: str, labels: dict[str, int]) -> int | None:
+    """A clip's label by its stem, also trying the feature files' ``<dir>__<stem>_<ext>`` naming."""
+    cands = [name, name.split("__")[-1]]
+    for c in list(cands):
+        head, _, ext = c.rpartition("_")
+        if head and ext.isalnum() and len(ext) <= 5:
+            cands.append(head)
+    for c in cands:
+        if c in labels:
+            return labels[c]
+    return None
+
+
+def load_clips(
+    inputs: Sequence[str | os.PathLike],
+    config: Any,
+    *,
+    labels_csv: str | os.PathLike | None = None,
+    extensions: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> ClipSet:
+    """Sequences of audio files (through the training pipeline's feature cache) or of feature files
+    (``.npz`` from ``scatterbird features``, which must have been made with ``config``).
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Files, directories or path lists, as for ``scatterbird features``.
+    config : FeatureConfig
+    labels_csv : path, optional
+        ``itemid,hasbird`` labels; clips without a label are left out (and reported).
+    extensions : sequence of str, optional
+        Extensions looked for in directories (default: audio and ``.npz``).
+    cache_dir : path, optional
+        Feature cache folder (:class:`pipeline.training.FeatureCache`); None computes without caching.
+    limit : int, optional
+        Use at most this many files.
+    progress : bool
+        Progress bar on stderr while features are computed.
+    """
+    from pipeline.audio import AUDIO_EXTENSIONS
+    from pipeline.features import load_scattergram
+    from pipeline.inputs import find_audio
+    from pipeline.scattering import Scattering
+    from pipeline.segments import pool_sequence
+    from pipeline.training import FeatureCache, compute_features
+
+    exts = list(extensions) if extensions else [*AUDIO_EXTENSIONS, ".npz"]
+    scan = find_audio(list(inputs), exts)
+    files = [Path(p) for p in scan.files[: limit or None]]
+    clips = ClipSet([], [], log_eps=float(config.log_eps), problems=list(scan.problems))
+    labels = read_labels(labels_csv) if labels_csv else None
+    y: list[int] = []
+    found: dict[Path, np.ndarray] = {}
+    audio = [p for p in files if p.suffix.lower() != ".npz"]
+    if audio:
+        scattering = Scattering(config)
+        clips.order, clips.frequency, clips.frequency2 = scattering.order, scattering.frequency, scattering.frequency2
+        fs = compute_features(audio, config, FeatureCache(cache_dir, config), progress=progress, scattering=scattering)
+        clips.problems.extend(fs.failed)
+        found.update({p: seqs[0] for p, seqs in zip(fs.paths, fs.sequences)})
+    for p in files:
+        if p.suffix.lower() != ".npz":
+            continue
+        try:
+            sg = load_scattergram(p)
+        except (OSError, KeyError, ValueError) as exc:
+            clips.problems.append((str(p), f"not a feature file ({exc})"))
+            continue
+        if sg.config_hash != config.hash:
+            clips.problems.append((str(p), f"features made with config {sg.config_hash}, the model's is {config.hash}"))
+            continue
+        found[p] = pool_sequence(np.ascontiguousarray(sg.S.T), sg.frame_rate, config.pool_s)
+        if clips.order is None:
+            clips.order, clips.frequency, clips.frequency2 = sg.order, sg.frequency, sg.frequency2
+    for p in files:  # the inputs' order
+        if p not in found:
+            continue
+        if labels is not None:
+            lab = _label_for(p.stem, labels)
+            if lab is None:
+                clips.problems.append((str(p), "no label in the labels file"))
+                continue
+            y.append(lab)
+        clips.names.append(p.stem)
+        clips.sequences.append(found[p])
+    if labels is not None:
+        clips.labels = np.asarray(y, dtype=np.int64)
+    return clips
+
+
+def analyze_inputs(
+    inputs: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    labels_csv: str | os.PathLike | None = None,
+    options: AnalysisOptions | None = None,
+    extensions: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[Analysis, list[Path], ClipSet]:
+    """Load a detector and clips, run every stage, write ``analysis.json``, the PNGs and ``index.html``.
+
+    Parameters
+    ----------
+    model_path : path, optional
+        Default: the bundled default model (``data/default_model.pt``).
+    cache_dir : path, optional
+        Feature cache; default: the training cache next to the model file (``<model dir>/.cache``).
+
+    Returns
+    -------
+    analysis : Analysis
+    written : list of Path
+        Every file written into ``outdir``.
+    clips : ClipSet
+        With ``problems``: inputs that could not be used.
+    """
+    from data.default_model import DEFAULT_MODEL_PATH
+    from models.base import load_detector
+    from pipeline.config import FeatureConfig
+    from pipeline.training import default_cache_dir
+
+    from .analysis_report import write_report
+
+    model_path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
+    det = load_detector(model_path)
+    config = det.feature_config or FeatureConfig()
+    model = spline_model(det)  # refuse a model without a piecewise-affine network before any audio work
+    cache = cache_dir if cache_dir is not None else default_cache_dir(model_path)
+    clips = load_clips(inputs, config, labels_csv=labels_csv, extensions=extensions, cache_dir=cache, progress=progress)
+    if len(clips.sequences) < 3:
+        raise AnalysisError(f"at least 3 usable clips are needed, got {len(clips.sequences)}")
+    say = (lambda msg: print(f"analyze: {msg}", file=sys.stderr, flush=True)) if progress else None
+    analysis = run_analysis(model, clips, options, progress=say)
+    analysis.summary["model"] = {
+        "path": os.fspath(model_path),
+        "kind": det.kind,
+        "model_hash": det.model_hash,
+        "feature_config_hash": config.hash,
+    }
+    analysis.summary["problems"] = [{"path": p, "reason": r} for p, r in clips.problems]
+    written = write_report(outdir, analysis)
+    return analysis, written, clips

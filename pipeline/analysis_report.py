@@ -1,0 +1,420 @@
+"""Write an :class:`~pipeline.analysis.Analysis` to a directory: ``analysis.json``, PNG figures
+(matplotlib, Agg backend) and ``index.html`` showing them with the main numbers.
+
+Only figures whose stage ran are written, and the page links only to files that were written.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+#: Figure files, by the stage that feeds them.
+FIGURES = {
+    "templates.png": "templates",
+    "codes.png": "codes",
+    "hamming.png": "codes",
+    "regions_path.png": "power_diagram",
+    "region_slice.png": "power_diagram",
+    "beta_sweep.png": "beta_sweep",
+    "rugosity.png": "rugosity",
+}
+
+
+def _jsonable(v: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays converted, NaN and infinities as null."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _layout(fig) -> None:
+    """Fixed margins (tight_layout measures every tick label: seconds per figure on a busy machine)."""
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.9, wspace=0.35, hspace=0.55)
+
+
+def _first_order_view(img: np.ndarray, order: np.ndarray | None, frequency: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first-order channels of a (channels, frames) image sorted by frequency (ascending), with their
+    frequencies; the whole image when there is no channel metadata."""
+    if order is None or frequency is None or len(order) != img.shape[0] or not (np.asarray(order) == 1).any():
+        return img, None
+    idx = np.nonzero(np.asarray(order) == 1)[0]
+    idx = idx[np.argsort(np.asarray(frequency)[idx])]
+    return img[idx], np.asarray(frequency)[idx]
+
+
+def _show_tf(ax, img: np.ndarray, freqs: np.ndarray | None, title: str, symmetric: bool) -> None:
+    if symmetric:
+        v = float(np.abs(img).max()) or 1.0
+        im = ax.imshow(img, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
+    else:
+        im = ax.imshow(img, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("frame", fontsize=7)
+    if freqs is not None:
+        ticks = np.linspace(0, len(freqs) - 1, min(5, len(freqs))).astype(int)
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{freqs[t] / 1000:.1f}" for t in ticks], fontsize=6)
+        ax.set_ylabel("kHz (order 1)", fontsize=7)
+    else:
+        ax.set_ylabel("channel", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.figure.colorbar(im, ax=ax, fraction=0.04)
+
+
+def _fig_templates(a: dict, arrays: dict, path: Path) -> None:
+    plt = _plt()
+    order, freq = arrays.get("order"), arrays.get("frequency")
+    X, T, C = a["inputs"], a["log_odds_templates"], a["centroid_layer1"]
+    names, labels = arrays["names"], arrays.get("labels")
+    k = min(2, X.shape[0])
+    extra = [key for key in ("mean_template_bird", "mean_template_nobird") if key in a]
+    rows = k + (1 if extra else 0)
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.6 * rows), squeeze=False)
+    for i in range(k):
+        lab = "" if labels is None else (" (bird)" if labels[i] == 1 else " (no bird)")
+        img, f = _first_order_view(X[i], order, freq)
+        _show_tf(axes[i, 0], img, f, f"input {names[i]}{lab}", symmetric=False)
+        img, f = _first_order_view(T[i], order, freq)
+        _show_tf(axes[i, 1], img, f, "template of the bird log-odds A[x]", symmetric=True)
+        img, f = _first_order_view(C[i], order, freq)
+        _show_tf(axes[i, 2], img, f, "layer-1 centroid J^T 1", symmetric=True)
+    if extra:
+        for j, key in enumerate(extra):
+            img, f = _first_order_view(a[key], order, freq)
+            _show_tf(axes[rows - 1, j], img, f, key.replace("_", " ") + " (mean over clips)", symmetric=True)
+        for j in range(len(extra), 3):
+            axes[rows - 1, j].axis("off")
+    _layout(fig)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_codes(stats: list[dict], path: Path) -> None:
+    plt = _plt()
+    layers = [s["layer"] for s in stats]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    n_key = [("unique_codes", "unique codes (layer alone)"), ("unique_regions", "unique regions (layers 1..l)")]
+    for key, lab in n_key:
+        axes[0].plot(layers, [s[key] for s in stats], marker="o", label=lab)
+    axes[0].set_xlabel("layer")
+    axes[0].set_ylabel("count")
+    axes[0].set_title("partition cells occupied by the clips", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for key, lab in (
+        ("unit_entropy_normalised", "mean unit entropy / log2(pieces)"),
+        ("same_class_shared_region", "same-class pairs sharing a region"),
+        ("knn1_accuracy", "1-NN accuracy (Hamming)"),
+        ("mean_hamming", "mean Hamming distance"),
+    ):
+        vals = [s.get(key) for s in stats]
+        if all(v is not None for v in vals):
+            axes[1].plot(layers, vals, marker="o", label=lab)
+    axes[1].set_xlabel("layer")
+    axes[1].set_ylim(-0.02, 1.02)
+    for ax in axes:
+        ax.set_xticks(layers)
+    axes[1].set_title("code statistics", fontsize=9)
+    axes[1].legend(fontsize=7)
+    _layout(fig)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_hamming(a: dict, labels: np.ndarray | None, path: Path, n_layers: int) -> None:
+    plt = _plt()
+    order = np.argsort(labels, kind="stable") if labels is not None else np.arange(a["hamming_first"].shape[0])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, title in ((axes[0], "hamming_first", "layer 1"), (axes[1], "hamming_last", f"layer {n_layers}")):
+        D = a[key][np.ix_(order, order)]
+        im = ax.imshow(D, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"Hamming VQ distance, {title}", fontsize=9)
+        if labels is not None:
+            cut = int((labels == 0).sum()) - 0.5
+            ax.axhline(cut, color="w", lw=0.8)
+            ax.axvline(cut, color="w", lw=0.8)
+            ax.set_xlabel("clips (no bird | bird)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    _layout(fig)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_path(p: dict, path: Path) -> None:
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 4.8), sharex=True)
+    ax.plot(p["u"], p["log_odds"], lw=0.8, color="k")
+    ax.set_ylabel("bird log-odds")
+    ax.set_title(f"exact path through {len(p['u']) - 1} linear regions along x -> time_shift(x) (one clip)", fontsize=9)
+    layers = np.asarray(p["layer"])
+    bu = np.asarray(p["u"])[1:-1]
+    groups = [bu[layers == l] for l in np.unique(layers)]
+    if groups:
+        bx.hist(groups, bins=50, range=(0, 1), stacked=True,
+                label=[f"layer {l} ({(layers == l).sum()})" for l in np.unique(layers)])
+        bx.legend(fontsize=7)
+    bx.set_xlabel("u")
+    bx.set_ylabel("region changes")
+    fig.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.92, hspace=0.15)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _slice_panel(ax, sl: dict, names: list[str], title: str) -> None:
+    region = sl["region"]
+    s, t = sl["s"], sl["t"]
+    ext = [s[0], s[-1], t[0], t[-1]]
+    lo = sl["log_odds"]
+    if lo.min() < 0 < lo.max():  # both decisions in view: diverging around the boundary
+        v = float(np.abs(lo).max())
+        im = ax.imshow(lo, origin="lower", extent=ext, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest", aspect="auto")
+    else:  # one decision: the local variation of the (piecewise-linear) log-odds
+        im = ax.imshow(lo, origin="lower", extent=ext, cmap="viridis", interpolation="nearest", aspect="auto")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, label="bird log-odds")
+    n_regions = int(region.max()) + 1
+    if n_regions < 0.25 * region.size:  # boundaries are only readable when regions span several grid cells
+        edge = np.zeros(region.shape, dtype=bool)  # a grid point whose right or upper neighbour differs
+        edge[:, :-1] |= region[:, 1:] != region[:, :-1]
+        edge[:-1, :] |= region[1:, :] != region[:-1, :]
+        overlay = np.zeros((*region.shape, 4))
+        overlay[edge] = (0, 0, 0, 0.55)
+        ax.imshow(overlay, origin="lower", extent=ext, interpolation="nearest", aspect="auto")
+    else:
+        title = f"{title} (boundaries finer than the grid)"
+    if lo.min() < 0 < lo.max():
+        ax.contour(s, t, lo, levels=[0.0], colors="lime", linewidths=1.5)
+    for (x, y), n in zip(((0, 0), (1, 0), (0, 1)), names):
+        if s[0] <= x <= s[-1] and t[0] <= y <= t[-1]:
+            ax.plot(x, y, "o", color="yellow", mec="k")
+            ax.annotate(n, (x, y), fontsize=7, color="k", xytext=(4, 4), textcoords="offset points",
+                        bbox={"boxstyle": "round", "fc": "w", "alpha": 0.7})
+    ax.set_xlabel("s")
+    ax.set_ylabel("t")
+    ax.set_title(f"{title}: {int(region.max()) + 1} regions on the {region.shape[0]}x{region.shape[1]} grid", fontsize=8)
+
+
+def _fig_slice(slices: dict, names: list[str], path: Path) -> None:
+    plt = _plt()
+    keys = [k for k in ("wide", "zoom") if k in slices]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 5.4), squeeze=False)
+    titles = {"wide": "plane through the three clips", "zoom": f"zoom on {names[0]}"}
+    for ax, k in zip(axes[0], keys):
+        _slice_panel(ax, slices[k], names, titles[k])
+    fig.suptitle("partition on x0 + s (x1 - x0) + t (x2 - x0)  (dark: region boundaries; green: decision boundary)", fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.93, bottom=0.1, top=0.88, wspace=0.45)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_beta(rows: list[dict], path: Path, rows_act: list[dict] | None = None) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    colours = {"auc": "C0", "accuracy": "C1", "ece": "C2", "agreement": "C3", "mean_abs_dp": "C4"}
+    for data, style, tag in ((rows, "-o", "all"), (rows_act, "--s", "activations only")):
+        if not data:
+            continue
+        b = [r["beta"] for r in data]
+        for key, col in colours.items():
+            vals = [r.get(key) for r in data]
+            if all(v is not None and np.isfinite(v) for v in vals):
+                ax.plot(b, vals, style, color=col, ms=3, label=f"{key} ({tag})")
+    ax.set_xlabel("beta (1 = hard network, 0.5 = swish, 0 = linear)")
+    ax.invert_xaxis()
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("post-hoc beta-VQ sweep (no retraining)", fontsize=9)
+    _layout(fig)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_rugosity(values: dict[str, list[float]], regions: dict | None, path: Path) -> None:
+    plt = _plt()
+    dirs = [k for k in values if not k.startswith("random@")]
+    x = np.arange(len(dirs))
+    fig, axes = plt.subplots(1, 2 if regions else 1, figsize=(11 if regions else 6, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    aud = [np.mean(values[d]) for d in dirs]
+    rnd = [np.mean(values[f"random@{d}"]) for d in dirs]
+    ax.bar(x - 0.2, aud, 0.4, label="audio direction")
+    ax.bar(x + 0.2, rnd, 0.4, label="random, same step")
+    ax.set_xticks(x)
+    ax.set_xticklabels(dirs, fontsize=7)
+    if min(aud + rnd) > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel("||J(x+eps v) - J(x)|| / eps")
+    ax.set_title("rugosity per direction (mean over clips)", fontsize=9)
+    ax.legend(fontsize=7)
+    if regions:
+        ax = axes[0, 1]
+        aud = [regions[d]["regions"]["mean"] for d in dirs if d in regions]
+        rnd = [regions[f"random@{d}"]["regions"]["mean"] for d in dirs if f"random@{d}" in regions]
+        ax.bar(x - 0.2, aud, 0.4, label="audio direction")
+        ax.bar(x + 0.2, rnd, 0.4, label="random, same step")
+        ax.set_xticks(x)
+        ax.set_xticklabels(dirs, fontsize=7)
+        ax.set_ylabel("linear regions crossed")
+        ax.set_title("exact regions along x -> aug(x)", fontsize=9)
+        ax.legend(fontsize=7)
+    _layout(fig)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, dict) and "mean" in v:
+            return f"{v['mean']:.4g}" if v["mean"] is not None else "-"
+        if isinstance(v, list):
+            return ", ".join(cell(x) for x in v)
+        return html.escape(str(v)) if v is not None else "-"
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(summary: dict, figures: list[str]) -> str:
+    s = _jsonable(summary)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>scatterbird spline analysis</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+        "</style></head><body>",
+        "<h1>Spline analysis of a detector</h1>",
+        f"<p>{s['n_clips']} clips ({'labelled, ' + str(s['n_bird']) + ' with birds' if s['labelled'] else 'unlabelled'}),"
+        f" {s['n_frames']} frames x {s['n_channels']} channels (input dimension {s['input_dim']});"
+        f" piecewise layers: {html.escape(', '.join(s['layers']))}. Numbers: <a href='analysis.json'>analysis.json</a>.</p>",
+    ]
+    if "model" in s:
+        m = s["model"]
+        parts.append(f"<p>Model {html.escape(str(m['path']))} (kind {html.escape(str(m['kind']))}, hash {m['model_hash']}).</p>")
+
+    def fig(name: str, caption: str) -> None:
+        if name in figures:
+            parts.append(f"<figure><img src='{name}' alt='{name}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    if "templates" in s:
+        t = s["templates"]
+        parts.append("<h2>1. Templates (affine form f(x) = A[x] x + B[x])</h2>")
+        parts.append(_table([{
+            "bias share per logit": t["bias_share_mean_per_logit"],
+            "template overlap |cos|": t["template_overlap"],
+            "cos(template of predicted class, x)": t["predicted_template_input_cosine"],
+            "cos(log-odds template, x)": t["log_odds_template_input_cosine"],
+        }], ["bias share per logit", "template overlap |cos|", "cos(template of predicted class, x)", "cos(log-odds template, x)"]))
+        fig("templates.png", "Inputs, templates of the bird log-odds (red: raises it) and layer-1 centroids, first-order channels.")
+    if "codes" in s:
+        parts.append("<h2>2. VQ codes and partition statistics</h2>")
+        keys = ["layer", "part", "units", "unique_codes", "unique_regions", "code_entropy_bits", "unit_entropy_bits",
+                "unit_entropy_normalised",
+                "mean_hamming", "same_class_shared_region", "diff_class_shared_region", "hamming_within",
+                "hamming_between", "knn1_accuracy"]
+        parts.append(_table(s["codes"]["per_layer"], [k for k in keys if k in s["codes"]["per_layer"][0]]))
+        fig("codes.png", "Cells occupied and code statistics per layer.")
+        fig("hamming.png", "Hamming VQ distance between clips (sorted by label).")
+        parts.append("<h3>Nearest neighbours by VQ distance</h3>")
+        parts.append(_table(s["codes"]["retrieval"], ["layer", "query", "query_label", "neighbours", "neighbour_labels", "distances"]))
+    if "power_diagram" in s:
+        p = s["power_diagram"]
+        parts.append("<h2>3. Power diagram and regions</h2>")
+        parts.append(_table(p["centroids"], ["layer", "centroid_norm", "radius", "centroid_input_cosine"]))
+        rows = [{"path": k, **v} for k, v in p["regions_along"].items()]
+        parts.append("<h3>Exact linear regions crossed along x -> aug(x) (mean over clips)</h3>")
+        parts.append(_table(rows, ["path", "regions", "regions_per_unit_distance", "decision_flips", "new_breakpoints_per_layer_mean"]))
+        parts.append("<h3>Local complexity (units cut by a small cross-polytope)</h3>")
+        parts.append(_table(p["local_complexity"]["per_layer"], ["layer", "cut_units", "cut_fraction"]))
+        fig("regions_path.png", "Bird log-odds along a one-frame time shift of one clip; ticks: region changes.")
+        for key, what in (("wide", "plane through the three clips"), ("zoom", "zoom on the first clip")):
+            if key in p["slice"]:
+                sl = p["slice"][key]
+                parts.append(f"<p>2-D slice, {what} (s, t in {[round(e, 4) for e in sl['extent']]}): {sl['regions']} "
+                             f"regions on a {p['slice']['grid']}x{p['slice']['grid']} grid; regions of layers 1..l: "
+                             f"{sl['regions_per_layer']}.</p>")
+        fig("region_slice.png", "Partition on the plane through three clips.")
+    if "beta_sweep" in s:
+        parts.append("<h2>4. beta-VQ sweep</h2>")
+        keys = ["beta", "eta", "auc", "accuracy", "ece", "nll", "brier", "agreement", "mean_abs_dp", "mean_p"]
+        parts.append(_table(s["beta_sweep"], [k for k in keys if k in s["beta_sweep"][0]]))
+        if s.get("beta_sweep_activations"):
+            parts.append("<p>Activations only (max-poolings kept hard):</p>")
+            parts.append(_table(s["beta_sweep_activations"], [k for k in keys if k in s["beta_sweep_activations"][0]]))
+        fig("beta_sweep.png", "Every nonlinearity replaced by its beta-VQ version, no retraining.")
+    if "rugosity" in s:
+        r = s["rugosity"]
+        parts.append("<h2>5. Rugosity (finite-difference tangent Hessian)</h2>")
+        rows = [{"direction": k, **v} for k, v in r["per_direction"].items()]
+        parts.append(_table(rows, ["direction", "mean", "median", "p90", "eps_mean"]))
+        parts.append(_table([{"direction": k, "ratio to random": v} for k, v in r["ratio_to_random"].items()], ["direction", "ratio to random"]))
+        fig("rugosity.png", "Rugosity and regions crossed along audio directions vs random directions of the same size.")
+    if s.get("problems"):
+        parts.append("<h2>Inputs not used</h2>")
+        parts.append(_table(s["problems"], ["path", "reason"]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(outdir: str | os.PathLike, analysis: Any) -> list[Path]:
+    """Write ``analysis.json``, the figures of the stages that ran, and ``index.html``.
+
+    Returns
+    -------
+    list of Path
+        Every file written.
+    """
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    s, a = analysis.summary, analysis.arrays
+    written: list[Path] = []
+    makers: dict[str, Callable[[Path], None]] = {}
+    if "templates" in a:
+        makers["templates.png"] = lambda p: _fig_templates(a["templates"], a, p)
+    if "codes" in a:
+        makers["codes.png"] = lambda p: _fig_codes(s["codes"]["per_layer"], p)
+        makers["hamming.png"] = lambda p: _fig_hamming(a["codes"], a.get("labels"), p, len(s["codes"]["per_layer"]))
+    if "power_diagram" in a:
+        if a["power_diagram"].get("path") is not None:
+            makers["regions_path.png"] = lambda p: _fig_path(a["power_diagram"]["path"], p)
+        makers["region_slice.png"] = lambda p: _fig_slice(a["power_diagram"]["slice"], s["power_diagram"]["slice"]["anchors"], p)
+    if "beta_sweep" in s:
+        makers["beta_sweep.png"] = lambda p: _fig_beta(s["beta_sweep"], p, s.get("beta_sweep_activations"))
+    if "rugosity" in a:
+        regions = s.get("power_diagram", {}).get("regions_along")
+        makers["rugosity.png"] = lambda p: _fig_rugosity(a["rugosity"]["values"], regions, p)
+    figures = []
+    for name, make in makers.items():
+        make(out / name)
+        written.append(out / name)
+        figures.append(name)
+    with open(out / "analysis.json", "w") as f:
+        json.dump(_jsonable(s), f, indent=1, allow_nan=False)
+    written.append(out / "analysis.json")
+    (out / "index.html").write_text(_html(s, figures))
+    written.append(out / "index.html")
+    return written

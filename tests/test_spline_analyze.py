@@ -1,0 +1,124 @@
+"""`scatterbird analyze` end to end on a small synthetic set: every promised file is written, the HTML page
+links only to files that exist, and models that are not piecewise-affine networks are refused."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import cli
+from data.synthetic import make_clip
+from pipeline.analysis import STAGES, AnalysisOptions, ClipSet, run_analysis, spline_model
+from pipeline.analysis_report import FIGURES, write_report
+from models.spline.testing import random_inversion_net
+from pipeline.config import FeatureConfig
+from pipeline.scattering import Scattering, scatter_file
+
+torch.set_num_threads(1)
+
+CONFIG = FeatureConfig(sample_rate=8000, J=6, Q1=4)
+
+
+def _linked(html: str) -> list[str]:
+    return re.findall(r"(?:src|href)='([^']+)'", html) + re.findall(r'(?:src|href)="([^"]+)"', html)
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tmp_path_factory):
+    """Six 1-s clips (three with birds) at 8 kHz, their labels, and a small inversion detector fitted on them."""
+    inversion = pytest.importorskip("models.inversion")
+    d = tmp_path_factory.mktemp("analyze")
+    (d / "wav").mkdir()
+    rows = ["itemid,datasetid,hasbird"]
+    for i in range(6):
+        bird = i % 2 == 0
+        mix, _, _ = make_clip(1.0, 8000, hasbird=bird, snr_db=10.0, background_kind="pink", n_events=1, rng=i)
+        sf.write(d / "wav" / f"clip{i}.wav", mix, 8000)
+        rows.append(f"clip{i},synthetic,{int(bird)}")
+    (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    sc = Scattering(CONFIG)
+    seqs = [np.ascontiguousarray(scatter_file(d / "wav" / f"clip{i}.wav", scattering=sc).S.T) for i in range(6)]
+    det = inversion.InversionDetector(
+        widths=(4, 4), max_epochs=1, recon_scale=0.0, validation_fraction=0.0, warmup_epochs=0, random_state=0
+    )
+    det.fit(seqs, [1, 0, 1, 0, 1, 0])
+    det.feature_config = CONFIG
+    det.save(d / "model.pt")
+    return d
+
+
+def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
+    d = synthetic_set
+    out = tmp_path / "report"
+    code = cli.main([
+        "analyze", str(d / "wav"), "--model", str(d / "model.pt"), "--labels", str(d / "labels.csv"),
+        "-o", str(out), "--detail-clips", "2", "--slice-grid", "30", "--cache", str(tmp_path / "cache"), "-q",
+    ])
+    assert code == 0, capsys.readouterr().err
+    names = {p.name for p in out.iterdir()}
+    assert {"analysis.json", "index.html", *FIGURES} <= names
+    html = (out / "index.html").read_text()
+    links = _linked(html)
+    assert set(FIGURES) <= set(links)
+    for link in links:
+        assert (out / link).is_file(), link
+    s = json.loads((out / "analysis.json").read_text())
+    assert s["n_clips"] == 6 and s["labelled"] and s["n_bird"] == 3
+    assert set(STAGES) <= set(s)
+    assert len(s["codes"]["per_layer"]) == 3  # two leaky-ReLU layers and the time max-pool
+    assert s["codes"]["per_layer"][0]["knn1_accuracy"] is not None
+    assert s["power_diagram"]["regions_along"]["time_shift"]["regions"]["mean"] >= 1
+    assert [r["beta"] for r in s["beta_sweep"]][0] == 1.0 and s["beta_sweep"][0]["agreement"] == 1.0
+    assert set(s["rugosity"]["per_direction"]) == {
+        "time_shift", "frequency_shift", "gain", "noise",
+        "random@time_shift", "random@frequency_shift", "random@gain", "random@noise",
+    }
+    assert s["model"]["kind"] == "inversion"
+    assert "6 clip(s)" in capsys.readouterr().out
+
+
+def test_analyze_without_labels_and_with_some_stages(synthetic_set, tmp_path):
+    """Unlabelled clips and a subset of stages: only those stages' figures, and the page links only them."""
+    net, (c, t) = random_inversion_net(0, n_channels=5, n_frames=20)
+    rng = np.random.default_rng(0)
+    clips = ClipSet([f"c{i}" for i in range(4)], [rng.normal(size=(t + i, c)).astype(np.float32) for i in range(4)])
+    an = run_analysis(spline_model(net, n_channels=c), clips, AnalysisOptions(stages=("codes", "beta_sweep"), detail_clips=2))
+    assert an.summary["n_frames"] == t  # cropped to the shortest clip
+    assert "same_class_shared_region" not in an.summary["codes"]["per_layer"][0]
+    written = write_report(tmp_path, an)
+    names = {p.name for p in written}
+    assert names == {"codes.png", "hamming.png", "beta_sweep.png", "analysis.json", "index.html"}
+    for link in _linked((tmp_path / "index.html").read_text()):
+        assert (tmp_path / link).is_file()
+
+
+def test_analyze_refuses_a_model_without_a_network(synthetic_set, tmp_path, capsys):
+    from tests.simple_detector import SimpleDetector
+
+    rng = np.random.default_rng(0)
+    det = SimpleDetector().fit([rng.normal(size=(5, 3)) for _ in range(4)], [0, 1, 0, 1])
+    det.feature_config = CONFIG
+    det.save(tmp_path / "simple.pt")
+    code = cli.main(["analyze", str(synthetic_set / "wav"), "--model", str(tmp_path / "simple.pt"), "-o", str(tmp_path / "o"), "-q"])
+    assert code == 2
+    assert "no piecewise-affine torch network" in capsys.readouterr().err
+    code = cli.main(["analyze", str(synthetic_set / "wav"), "--model", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "o"), "-q"])
+    assert code == 2
+
+
+def test_the_analysed_function_is_the_detectors(synthetic_set):
+    """The spline view with the detector's standardisation gives the detector's own probabilities."""
+    from models.base import load_detector
+    from pipeline.analysis import load_clips
+
+    det = load_detector(synthetic_set / "model.pt")
+    clips = load_clips([synthetic_set / "wav"], CONFIG)
+    model = spline_model(det)
+    with torch.no_grad():
+        p = torch.stack([torch.sigmoid(model.log_odds(model.to_input(s)[None]))[0] for s in clips.sequences]).numpy()
+    assert np.allclose(p, det.predict_proba(clips.sequences), atol=1e-5)
