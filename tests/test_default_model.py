@@ -1,0 +1,73 @@
+"""The bundled default model (data/default_model.pt): loads offline, matches the pipeline's features, scores
+the bundled samples sensibly; and the bootstrap recipe's split never lets a source file into two folds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from data.bootstrap import ALLOWED_PACKAGES, assign_folds, read_sources
+from data.default_model import DEFAULT_MODEL_PATH, default_model_info, load_default_model
+from pipeline.config import FeatureConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    # torch.load with weights_only=True, from the package folder: nothing is fetched
+    return load_default_model(FeatureConfig())
+
+
+def test_default_model_loads_offline_with_the_pipeline_feature_config(model, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the default model must load without network access")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    again = load_default_model(FeatureConfig())
+    assert again.feature_config.hash == FeatureConfig().hash
+    assert model.model_hash == again.model_hash
+    assert DEFAULT_MODEL_PATH.stat().st_size < 5_000_000
+
+
+def test_default_model_description_matches_the_weights(model):
+    info = default_model_info()
+    assert info["feature_config_hash"] == FeatureConfig().hash
+    assert info["file_sha256"] == hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
+    assert info["kind"] == model.kind
+    val = info["validation"]["roc_auc_pooled_out_of_fold"]
+    assert 0.5 < val["roc_auc"] <= 1.0 and val["roc_auc_ci95"][0] <= val["roc_auc"] <= val["roc_auc_ci95"][1]
+    assert set(info["trained_on"]["packages"]) <= set(ALLOWED_PACKAGES)
+
+
+def test_default_model_scores_bird_samples_above_the_others(model):
+    from data.samples import SAMPLES, ensure_samples
+    from pipeline.batch import DetectParams, detect_file
+
+    folder = ensure_samples()
+    best = {}
+    for name, hasbird, *_ in SAMPLES:
+        res = detect_file(folder / name, model, DetectParams(10.0, 5.0, 0.5))
+        assert res.status == "done", res.error
+        best[name] = (hasbird, float(res.windows[:, 2].max()))  # windows: start_s, end_s, score
+    birds = [p for hb, p in best.values() if hb]
+    others = [p for hb, p in best.values() if not hb]
+    assert min(birds) > max(others), best
+
+
+def test_bootstrap_split_is_by_source_file():
+    rows = read_sources()
+    assert {r.package for r in rows} == set(ALLOWED_PACKAGES)
+    assert sum(r.hasbird for r in rows) == 37 and sum(1 - r.hasbird for r in rows) == 54
+    folds = assign_folds(rows, 4, seed=0)
+    assert set(folds) == {r.file_key for r in rows}  # one fold per file: the cuts of a file stay together
+    for k in range(4):
+        files = [r for r in rows if folds[r.file_key] == k]
+        assert {r.hasbird for r in files} == {0, 1}, f"fold {k} lacks a class"
+    sizes = np.bincount(list(folds.values()), minlength=4)
+    assert sizes.max() - sizes.min() <= 2
+    assert assign_folds(rows, 4, seed=0) == folds  # reproducible
+    assert json.dumps(folds, sort_keys=True)  # plain data, written into build.json

@@ -1,0 +1,97 @@
+"""pipeline/report.py: every file the report names exists, and the report names nothing else."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data.manifest import write_challenge_like
+from pipeline.evaluate import compute_sequences, evaluate, load_dataset
+from tests.simple_detector import SimpleDetector
+from tests.test_evaluate import FAST, _touch_wavs, _write_csv
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Refs(HTMLParser):
+    """Collects every src/href and the visible text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href") and v is not None:
+                self.refs.append(v)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    """An evaluation over two labelled sets (one clip unreadable) and one with hidden labels."""
+    root = tmp_path_factory.mktemp("report")
+    sets = write_challenge_like(root / "data", 6, duration=2.0, sr=8000, seed=3)
+    train = load_dataset(sets["ff1010bird"])
+    seqs, _ = compute_sequences(train.clips, FAST, progress=False)
+    det = SimpleDetector().fit(seqs, [c.label for c in train.clips])
+    det.feature_config = FAST
+    bad = sorted((sets["warblrb10k"] / "wav").glob("*.wav"))[0]
+    bad.write_bytes(b"")  # an empty file: unreadable
+    hidden = root / "data" / "Chernobyl"
+    ids = ["ch1", "ch2", "ch3"]
+    _touch_wavs(hidden / "wav", [])
+    for k, i in enumerate(ids):
+        sf.write(hidden / "wav" / f"{i}.wav", np.random.default_rng(k).standard_normal(8000).astype(np.float32) * 0.05, 8000)
+    _write_csv(hidden / "Chernobyl_metadata.csv", [(i, "Chernobyl", "") for i in ids])
+    datasets = [load_dataset(sets["warblrb10k"]), load_dataset(sets["BirdVox-DCASE-20k"]), load_dataset(hidden)]
+    out = root / "out"
+    evaluate(det, datasets, out, n_boot=100, n_worst=2, progress=False)
+    return out
+
+
+def test_report_files_exist_and_html_references_only_them(report_dir):
+    html = (report_dir / "report.html").read_text(encoding="utf-8")
+    parser = _Refs()
+    parser.feed(html)
+    assert parser.refs, "the report references its figures"
+    for ref in parser.refs:
+        u = urlparse(ref)
+        assert not u.scheme and not u.netloc, f"external reference {ref}"
+        assert not ref.startswith("/") and ".." not in Path(ref).parts, f"reference outside the folder: {ref}"
+        assert (report_dir / ref).is_file(), f"missing {ref}"
+    pngs = [r for r in parser.refs if r.endswith(".png")]
+    assert "roc.png" in pngs
+    assert {"hist_warblrb10k.png", "hist_BirdVox-DCASE-20k.png", "hist_Chernobyl.png"} <= set(pngs)
+    clip_imgs = [r for r in pngs if r.startswith("clips/")]
+    assert clip_imgs and len(clip_imgs) <= 2 * 2 * 2  # at most n_worst FP and FN per labelled dataset
+    for r in pngs:
+        assert (report_dir / r).read_bytes()[:8] == PNG_MAGIC
+    # every image written is shown (nothing stale or orphaned)
+    written = {str(p.relative_to(report_dir)) for p in report_dir.rglob("*.png")}
+    assert written == set(pngs)
+    assert {"metrics.json", "predictions.csv", "scores.csv"} <= set(parser.refs)
+
+
+def test_report_content(report_dir):
+    parser = _Refs()
+    parser.feed((report_dir / "report.html").read_text(encoding="utf-8"))
+    text = " ".join(parser.text)
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    for name in ("warblrb10k", "BirdVox-DCASE-20k"):
+        assert f"{metrics['datasets'][name]['roc_auc']:.3f}" in text
+    assert f"{metrics['harmonic_mean_auc']:.3f}" in text and "harmonic mean" in text
+    assert metrics["datasets"]["Chernobyl"]["roc_auc"] is None and "hidden" in text
+    assert "Clips that could not be read (1)" in text and "empty file" in text
+    assert "worst false positives" in text and "worst false negatives" in text
+    assert ".wav" in text  # each shown clip is named by its file
+    assert "the published dataset has 8,000 clips" in text  # data checks are shown
