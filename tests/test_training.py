@@ -236,3 +236,15 @@ def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_
     data = prepare_training_data(audio=audio, labels=labels, config=CONFIG, cache_dir=cache, progress=False)
     assert data.labelled_ids == [i for i, _ in pick] and data.cache_misses == 0
     assert len(data.failed) == 1 and data.failed[0][0].endswith("broken.wav")
+
+
+def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path):
+    """`--model rntk` without --pool trains on 0.25 s steps, and the saved config says so."""
+    from models.rntk import RNTKClassifier
+
+    model = tmp_path / "rntk.pt"
+    args = ["train", str(dataset / "bad"), "-o", str(model), "--model", "rntk", "--order", "1", "-q",
+            "--cache", str(warm[0])]
+    assert main(args) == 0
+    det = load_detector(model, expected_config=CONFIG.replace(pool_s=0.25))
+    assert isinstance(det, RNTKClassifier) and det.feature_config.pool_s == 0.25
