@@ -164,7 +164,19 @@ class Scattering:
         sup1 = max(_support(f["levels"][0]) for f in psi1_f)
         sup2 = max(_support(f["levels"][0]) for f in psi2_f) if c.max_order == 2 else 0
         margin = sup_phi + sup1 + sup2
-        self.margin = int(math.ceil(margin / self.hop) * self.hop)
+        # Thresholding (pipeline/thresholding.py): a keep-or-kill decision also depends on the noise level
+        # around the coefficient, which widens the context each thresholded order needs by `reach`.
+        self._thresholder = None
+        if c.threshold != "none":
+            from .thresholding import ScatteringThresholder
+
+            self._thresholder = ScatteringThresholder(
+                self, c.threshold, order2=c.threshold_order2, reference=(ref_n, psi1_f, psi2_f)
+            )
+            margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
+        # A multiple of the noise block, so that chunks start on the same block grid as the whole signal.
+        grid = self._thresholder.block if self._thresholder is not None else self.hop
+        self.margin = int(math.ceil(margin / grid) * grid)
         if fft_size is None:
             fft_size = 2**17
             while fft_size - 2 * self.margin < fft_size // 2:
@@ -278,6 +290,8 @@ class Scattering:
         # which carries no information and cannot be log-compressed.
         out[:, 0] = torch.fft.ifft(_fold(torch.fft.fft(x.abs()) * bank.phi[0], 2**lt)).real
         U1 = [torch.fft.ifft(_fold(X[:, None, :] * bank.psi1[list(g.index)], 2**g.k)) for g in bank.groups]
+        if self._thresholder is not None:
+            U1 = self._thresholder.first_order(X, U1, bank.groups)
         if self.first_order_hook is not None:
             U1 = self.first_order_hook(U1, bank.groups)
         for gi, (g, u) in enumerate(zip(bank.groups, U1)):
@@ -285,8 +299,13 @@ class Scattering:
             idx = torch.tensor(g.index) + 1
             out[:, idx] = torch.fft.ifft(_fold(Uh * bank.phi[g.k], 2 ** max(lt - g.k, 0))).real
             if self.config.max_order == 2:
-                for k2, n2s, rows in bank.plan2[gi]:
-                    V = torch.fft.ifft(_fold(Uh[:, :, None, :] * bank.psi2[g.k][n2s], 2**k2)).abs()
+                plan = bank.plan2[gi]
+                Vc = [torch.fft.ifft(_fold(Uh[:, :, None, :] * bank.psi2[g.k][n2s], 2**k2)) for k2, n2s, _ in plan]
+                if self._thresholder is not None and self.config.threshold_order2:
+                    # all second-order filters of the group form one frame of each modulus signal
+                    Vc = self._thresholder.second_order(Uh, Vc, g.k, plan)
+                for (k2, n2s, rows), V in zip(plan, Vc):
+                    V = V.abs()
                     S2 = torch.fft.ifft(
                         _fold(torch.fft.fft(V) * bank.phi[g.k + k2], 2 ** max(lt - g.k - k2, 0))
                     ).real

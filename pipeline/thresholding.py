@@ -1,0 +1,969 @@
+"""Risk-optimal keep-or-kill thresholding of the complex wavelet coefficients (overcomplete frames).
+
+Paper 1 of ``/work/shared/papers/audio-methods.md`` (Cosentino, Balestriero, Baraniuk, Patel,
+arXiv:1712.09117): threshold the coefficients of a redundant filter bank by minimising the risk of the
+signal rebuilt through the dual frame, with the noise correlation of the frame (its Gram) taken into account.
+
+The frame
+---------
+The pipeline's first order is a *decimated convolutional* frame of real signals ``x`` of length ``n``
+(circular, one FFT buffer): filter ``lam`` has a real Fourier response ``psi_hat[lam]`` (kymatio's Morlet,
+nearly analytic) and its coefficients are kept every ``M = 2**k[lam]`` samples,
+
+    c[lam][t] = (x * psi[lam])(M t) = <x, a_(lam,t)>,   a_(lam,t) = psi[lam](. - M t).
+
+The coefficients are complex and the signal real, so the frame is read as a *real* frame of two atoms per
+coefficient (``Re a`` and ``-Im a``); a mask keeps or kills a complex coefficient, i.e. both of its atoms.
+Its frame operator ``S = Phi_R^T Phi_R`` is ``x -> Re(Phi^* Phi x)``. kymatio decimates only where a
+filter's band fits the new rate (the alias products ``psi_hat(w) psi_hat(w + m n / M)`` are below 1e-30
+for the J=9, Q=8 bank: :attr:`ConvFrame.alias_level`), so ``S`` is diagonal in Fourier:
+
+    S_hat(w) = 1/2 sum_lam (psi_hat[lam](w)^2 + psi_hat[lam](-w)^2) / M_lam          (symmetrised)
+
+and no dense ``K x K`` (or ``n x n``) inversion is needed: the canonical dual atoms are the atoms filtered by
+``1 / S_hat``. The inverse is regularised by a smooth band taper ``tau``: ``D = tau / S_hat``, the dual
+(synthesis) is ``x_hat = D Re(Phi^* c)`` and rebuilds ``tau x``: exactly the signal in "the band the filters
+cover" (``tau == 1``: 6.7 Hz .. 10.13 kHz for J=9, Q=8 at 22.05 kHz), nothing outside, a smooth roll-off
+between. ``tau`` is set on the filters' *coverage* (:func:`filter_coverage`: each filter's squared response
+relative to its peak, summed), not on ``S_hat``: ``S_hat`` spans three decades across the bank only because
+of the ``1 / M`` weights, which the dual undoes exactly, while a frequency seen by a single filter's far tail
+(above ~10.1 kHz, where only the 9.6 kHz filter reaches, and below ~7 Hz) makes ``D psi_hat ~ 1 / psi_hat``
+huge there. A mask spreads each kept coefficient's noise over its filter's whole band, and that gain
+amplified it: with the band cut on ``S_hat`` at 1e-3 of its maximum, the 9.6 kHz filter's kept noise made
+the ``risk`` reconstruction error 5.3 times that of keeping everything (white noise); cut on the coverage,
+it is 0.3 times.
+
+Grams: ``G = Phi_R Phi_R^T`` (analysis) and ``G~ = Phi_R D^2 Phi_R^T`` (dual). Between coefficient
+``i = (lam, t)`` at sample ``s_i = M t`` and ``j = (lam', t')`` they depend only on the filter pair and on the
+lag ``s_i - s_j`` in samples, each coefficient on its own decimated grid (e.g. the complex Gram
+``g_ij = ifft(psi_hat[lam] psi_hat[lam'])(s_i - s_j)``; the real frame adds a pseudo-Gram term wherever
+filters reach negative frequencies, see :meth:`ConvFrame.variance`).
+
+The risk, the rule, and which lags of the Gram it uses
+------------------------------------------------------
+With ``y = c + n``, ``n = Phi x_noise``, a mask ``a`` (one weight per complex coefficient) and the estimate
+``x_hat = D Re(Phi^*(a y))``, against the target ``tau x``:
+
+    R(a) = ||D Re(Phi^*((1 - a) c))||^2  +  tr(A G~ A C_noise)        (C_noise = sigma^2 G for white noise)
+
+(:meth:`ConvFrame.risk`, in closed form: the bias by one synthesis, the variance as a sum over filter pairs
+and lags of a Gram kernel times the mask's cross-correlation, both by FFT). The decoupled keep-or-kill rule
+(the paper's, as its authors' code implements it) charges coefficient ``i`` its own row of each term, its
+neighbours taking the same decision:
+
+    kill cost = Re(conj(c_i) (G~ c)_i)            keep cost = (G~ C_noise)_ii
+
+The sums run over *every* coefficient ``j``: all filters, all lags, every decimated grid. They collapse:
+
+    (G~ c)_i = (Phi_R D^2 S x)_i = (x * h_lam)(s_i),      h_hat_lam = psi_hat_lam D tau,
+    (G~ G)_ii = (1/n) sum_w psi_hat_lam(w) h_hat_lam(w)          (the diagonal of the projection, <= 1)
+
+so the Gram-weighted sum is one more filtering of the signal, by the rule filter ``h`` (the dual filter
+restricted to the band), sampled on the coefficient's own grid: no lag is dropped and no Gram matrix is
+formed. Which lags and neighbours carry the weight (:func:`gram_row_profile`, J=9, Q=8): a dual Gram row puts
+62-73 % of its squared mass on its own filter and 12-25 % on each nearest neighbour (in the same octave, or
+across a subsampling boundary, where the two grids have different steps), under 1.1 % on the second
+neighbours, nothing further; within a filter, 99 % of it lies within ~1.5 filter lengths (26-36 samples at
+4-9 kHz, 232 samples at 700 Hz, ~4 000 at 80 Hz). Lag 0 alone holds only 2-6 % of a row: the paper's
+code, which sums across filters at one time instant, discards the time neighbours, which carry most of the
+mass because the decimated coefficients are still oversampled. The rule filters' time supports (all but
+1e-7 of their L1 mass) are 150-1 650 samples above 700 Hz and ~21 600 at 35-80 Hz; the two lowest (11 and
+22 Hz), where the frame is far from tight, decay slowly and are windowed to the streaming reach
+(:class:`_RuleBank`), with their keep costs computed for the windowed filters.
+
+The pipeline's rule (mode ``risk``) is the plug-in version: ``c_i c_j`` is replaced by its unbiased estimate
+``y_i y_j - (C_noise)_ij``:
+
+    keep i  <=>  Re(conj(y_i) z_i) > 2 nu_i,      z = (y * h_lam)(s_i),   nu_i = E[Re(conj(n_i) (n * h_lam)(s_i))]
+
+which in an orthonormal basis is the sqrt(2) sigma hard threshold, and keeps a fraction exp(-2) = 13.5 % of
+pure-noise coefficients (about 30 % of the noise energy in this frame). A linear ramp 1 % of the threshold
+wide (:func:`decision`) replaces the 0/1 step so that the output is continuous in the input (streaming).
+
+At the low-frequency edge the rule still compares the same two numbers, but ``z`` is no longer ``y`` times
+a constant: ``h_hat / psi_hat = D tau`` varies over the filter's band (``rho * S_hat(xi)`` rises from 1.06 in
+the interior to 1.25-1.54 for the filters below 80 Hz: the keep cost grows with the dual's gain), the
+statistic's distribution departs from the exponential, the dual's long tails make the decision depend on
+~1.7 s of signal, and the "neighbours take the same decision" premise costs more: the variance an isolated
+kept coefficient really adds, relative to the keep cost the rule charges it, is 0.024 in the interior (the
+frame's redundancy) but 0.07-0.17 for the filters below 60 Hz (0.076 for the 9.6 kHz filter at the top
+edge), so the rule keeps relatively more noise there than it thinks. Noise there is estimated from few
+independent samples (a 4 Hz-wide filter sees ~30 in 3 s), so its kept fraction scatters (6-21 % instead of
+13.5 %).
+
+Noise level, per filter and per block (streamable)
+--------------------------------------------------
+``nu_i = rho_lam E|n_i|^2`` with ``rho_lam = (G~ G)_ii / ||psi_lam||^2``: exact for white noise, and for
+coloured noise that is locally white over one filter's band (pink, brown, wind...). ``E|n_i|^2`` is estimated
+per filter and robustly: for circular complex Gaussian coefficients ``|n|^2`` is exponential, so
+``E|n|^2 = median |y|^2 / ln 2`` (the complex counterpart of MAD / 0.6745). The median runs over a window of
+``NOISE_WINDOW_S`` (3 s), centred on blocks of ``NOISE_BLOCK_HOPS`` frames (186 ms) counted from the buffer's
+start, on the filter's coefficients taken every ``max(2**k, hop / 4)`` samples. The streaming front end starts
+every chunk a whole number of blocks after the previous (its margin is a multiple of the block), so each
+block sees the same samples in every chunk as in the whole signal. A sound lasting more than half the window
+in one filter (a constant hum, a long tone) is, by construction, background there; a sound filling a fraction
+``p < 1/2`` of it raises the estimate to the noise's ``1 / (2 (1 - p))`` quantile (x1.58 at ``p = 1/4``).
+
+The modes
+---------
+``none``; ``universal-hard`` / ``universal-soft``: ``|y| > s sqrt(2 log N)`` with ``s = sqrt(E|n|^2)`` the
+coefficient's noise standard deviation and ``N`` the noise window in samples (Donoho-Johnstone's
+orthonormal-basis threshold; soft shrinks the modulus by the threshold and keeps the phase); ``risk``: the
+rule above.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+import torch
+
+from .config import THRESHOLD_MODES
+
+#: Band of the regularised dual, on the filters' coverage ``C(w) = 1/2 sum (psi_hat(w)^2 + psi_hat(-w)^2)``
+#: (each filter relative to its peak; :func:`filter_coverage`): the dual is the exact canonical dual where
+#: ``C >= TAPER_HI * max C`` and zero where ``C <= TAPER_LO * max C``. Not on the decimated frame response
+#: ``S_hat``: that one is small at low frequencies only because of the 1 / M weights, which the dual
+#: compensates exactly; what must be excluded
+#: is where a frequency is seen by a filter's far tail alone (below ~7 Hz, above ~10.1 kHz for the J=9, Q=8
+#: bank), whose inverse amplifies whatever a mask spreads there (see the module notes).
+TAPER_LO = 0.03
+TAPER_HI = 0.3
+
+#: Width in seconds of the window over which each filter's noise level is estimated (median): long enough
+#: that a bird call (<= 2.5 s for the synthetic trills) rarely fills half of it in one filter.
+NOISE_WINDOW_S = 3.0
+
+#: Coefficients per frame step fed to the noise median (at most): the median of a 3 s window then sees
+#: up to ~500 values per filter, nearly independent for all but the lowest filters.
+NOISE_POINTS_PER_HOP = 4
+
+#: Relative width of the linear ramp between kill and keep around each threshold (see :func:`decision`).
+DECISION_RAMP = 0.01
+
+#: Frames per noise block: each filter's noise level is re-estimated every 8 frames (186 ms at J=9).
+NOISE_BLOCK_HOPS = 8
+
+#: Tail of a dual filter's L1 mass left out of its time support.
+_SUPPORT_EPS = 1e-7
+
+#: |n|^2 of a circular complex Gaussian coefficient is exponential: median = ln 2 * mean.
+_LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spectral helpers
+# ---------------------------------------------------------------------------------------------------
+def _mirror(h: np.ndarray) -> np.ndarray:
+    """``h(-w)`` for spectra on the DFT grid (last axis)."""
+    return np.roll(h[..., ::-1], 1, axis=-1)
+
+
+def _smoothstep(u: np.ndarray) -> np.ndarray:
+    """C-infinity step from 0 (u <= 0) to 1 (u >= 1)."""
+    u = np.clip(u, 0.0, 1.0)
+    with np.errstate(divide="ignore", over="ignore"):
+        f0 = np.where(u > 0, np.exp(-1.0 / np.maximum(u, 1e-300)), 0.0)
+        f1 = np.where(u < 1, np.exp(-1.0 / np.maximum(1.0 - u, 1e-300)), 0.0)
+    return f0 / (f0 + f1)
+
+
+def frame_response(filters: np.ndarray, log2_step: Sequence[int]) -> np.ndarray:
+    """Fourier response of the real frame operator ``x -> Re(Phi^* Phi x)`` of a decimated filter bank.
+
+    Parameters
+    ----------
+    filters : ndarray, shape (K, n)
+        Real Fourier responses of the analysis filters.
+    log2_step : sequence of int, length K
+        log2 of each filter's decimation.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        ``1/2 sum_k (psi_hat_k(w)^2 + psi_hat_k(-w)^2) / 2**log2_step[k]`` (valid when decimation is
+        alias-free).
+    """
+    m = 2.0 ** np.asarray(log2_step, dtype=np.float64)
+    p2 = np.asarray(filters, dtype=np.float64) ** 2 / m[:, None]
+    s = p2.sum(0)
+    return 0.5 * (s + _mirror(s))
+
+
+def filter_coverage(filters: np.ndarray) -> np.ndarray:
+    """``1/2 sum_k (psi_hat_k(w)^2 + psi_hat_k(-w)^2) / max psi_hat_k^2``: how strongly the filters see each
+    frequency of a real signal, each relative to its own peak and whatever its decimation, shape (n,)."""
+    f2 = np.asarray(filters, dtype=np.float64) ** 2
+    s = (f2 / f2.max(axis=1, keepdims=True)).sum(0)
+    return 0.5 * (s + _mirror(s))
+
+
+def band_taper(response: np.ndarray, lo: float = TAPER_LO, hi: float = TAPER_HI) -> np.ndarray:
+    """Smooth 0-to-1 taper: 1 where ``response >= hi * max``, 0 where ``response <= lo * max``.
+
+    The taper is a C-infinity function of ``log(response)``, so the regularised dual filters stay smooth in
+    frequency (short in time), which the streaming margins need.
+    """
+    r = response / response.max()
+    with np.errstate(divide="ignore"):
+        u = (np.log(np.maximum(r, 1e-300)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return _smoothstep(u)
+
+
+def _tap_support(h: np.ndarray, eps: float = _SUPPORT_EPS) -> int:
+    """Half-width in samples holding all but ``eps`` of the time-domain L1 mass of ``h`` (circular)."""
+    a = np.abs(h)
+    n = a.size
+    lag = np.concatenate([[a[0]], a[1 : n // 2] + a[:-n // 2 : -1][: n // 2 - 1]])
+    tail = np.cumsum(lag[::-1])[::-1]
+    above = np.nonzero(tail > eps * tail[0])[0]
+    return int(above[-1]) + 1 if above.size else 0
+
+
+def _fold(x: np.ndarray, m: int) -> np.ndarray:
+    """Spectrum of the signal subsampled by ``m`` (mean of the ``m`` aliases), last axis."""
+    if m == 1:
+        return x
+    n = x.shape[-1]
+    return x.reshape(*x.shape[:-1], m, n // m).mean(axis=-2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The frame, in float64, for analysis, risk and reconstruction
+# ---------------------------------------------------------------------------------------------------
+class ConvFrame:
+    """A decimated convolutional frame of real signals of length ``n`` (one circular buffer).
+
+    Parameters
+    ----------
+    filters : ndarray, shape (K, n)
+        Real Fourier responses ``psi_hat`` of the filters.
+    log2_step : sequence of int
+        log2 of each filter's decimation ``M``; coefficients of filter ``k`` have ``n / M`` samples.
+    taper : tuple of float, optional
+        ``(lo, hi)`` of :func:`band_taper`.
+
+    Notes
+    -----
+    Coefficients are lists of K complex arrays, ``c[k]`` of length ``n / M_k``:
+    ``c[k][t] = (x * psi_k)(M_k t)``.
+    """
+
+    def __init__(
+        self, filters: np.ndarray, log2_step: Sequence[int], *, taper: tuple[float, float] = (TAPER_LO, TAPER_HI)
+    ) -> None:
+        self.filters = np.ascontiguousarray(filters, dtype=np.float64)
+        if self.filters.ndim != 2:
+            raise ValueError(f"filters must be (K, n), got shape {self.filters.shape}")
+        self.K, self.n = self.filters.shape
+        self.log2_step = np.asarray(log2_step, dtype=np.int64)
+        if self.log2_step.shape != (self.K,):
+            raise ValueError(f"log2_step must have {self.K} entries, got {self.log2_step.shape}")
+        if any(self.n % (1 << int(k)) for k in self.log2_step):
+            raise ValueError(f"n={self.n} is not divisible by every decimation 2**k")
+        self.taper_levels = taper
+
+    @classmethod
+    def from_scattering(cls, scattering, n: int) -> "ConvFrame":
+        """The first-order frame of a :class:`~pipeline.scattering.Scattering` at FFT length ``n``."""
+        return cls(scattering.psi1_fourier(n), scattering.first_order_k())
+
+    # -- derived spectra -----------------------------------------------------------------------------
+    @cached_property
+    def steps(self) -> np.ndarray:
+        """Decimation ``M`` of each filter, shape (K,)."""
+        return (1 << self.log2_step).astype(np.int64)
+
+    @cached_property
+    def response(self) -> np.ndarray:
+        """``S_hat(w)``, the frame operator's Fourier response, shape (n,)."""
+        return frame_response(self.filters, self.log2_step)
+
+    @cached_property
+    def coverage(self) -> np.ndarray:
+        """:func:`filter_coverage` of the filters, shape (n,)."""
+        return filter_coverage(self.filters)
+
+    @cached_property
+    def taper(self) -> np.ndarray:
+        """``tau(w) = D S_hat``: what the dual frame rebuilds of each frequency (1 in the band), shape (n,)."""
+        return band_taper(self.coverage, *self.taper_levels)
+
+    @cached_property
+    def inverse(self) -> np.ndarray:
+        """``D(w) = tau / S_hat``: the regularised inverse frame operator, shape (n,)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.taper > 0, self.taper / self.response, 0.0)
+
+    @cached_property
+    def band(self) -> np.ndarray:
+        """Boolean (n,): frequencies the frame rebuilds exactly (``tau == 1``)."""
+        return self.taper >= 1.0
+
+    @cached_property
+    def dual_filters(self) -> np.ndarray:
+        """Synthesis (dual frame) filters ``psi_hat * D``, shape (K, n)."""
+        return self.filters * self.inverse
+
+    @cached_property
+    def rule_filters(self) -> np.ndarray:
+        """Filters ``h_hat = psi_hat D tau`` with ``(G~ y)_i = (x * h)(s_i)``, shape (K, n)."""
+        return self.filters * (self.inverse * self.taper)
+
+    @cached_property
+    def norms2(self) -> np.ndarray:
+        """``||psi_k||^2`` (the variance of a coefficient under unit white noise), shape (K,)."""
+        return (self.filters**2).sum(1) / self.n
+
+    @cached_property
+    def gram_diag(self) -> np.ndarray:
+        """``(G~ G)_ii`` per filter: the keep cost of a coefficient per unit noise variance, shape (K,)."""
+        return (self.filters * self.rule_filters).sum(1) / self.n
+
+    @cached_property
+    def rho(self) -> np.ndarray:
+        """``(G~ G)_ii / ||psi||^2``: the keep cost per unit coefficient noise variance, shape (K,)."""
+        return self.gram_diag / self.norms2
+
+    @cached_property
+    def alias_level(self) -> float:
+        """Largest alias product ``|psi_hat(w) psi_hat(w + m n / M)|`` relative to ``max S_hat``.
+
+        The diagonal (convolutional) frame operator is exact only when this is negligible.
+        """
+        worst = 0.0
+        for f, m in zip(self.filters, self.steps):
+            for j in range(1, int(m)):
+                worst = max(worst, float(np.max(np.abs(f * np.roll(f, -j * self.n // int(m))))) / m)
+        return worst / float(self.response.max())
+
+    # -- operators ------------------------------------------------------------------------------------
+    def analyse(self, x: np.ndarray, filters: np.ndarray | None = None) -> list[np.ndarray]:
+        """Coefficients ``(x * f_k)(M_k t)`` of a real signal; ``filters`` defaults to the frame's."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.n,):
+            raise ValueError(f"expected a signal of {self.n} samples, got shape {x.shape}")
+        return self.analyse_spectrum(sfft.fft(x), filters)
+
+    @cached_property
+    def _groups(self) -> list[tuple[int, np.ndarray]]:
+        """Filters sharing a decimation: ``(M, indices)``, so that each group is one batched FFT."""
+        return [(int(m), np.nonzero(self.steps == m)[0]) for m in np.unique(self.steps)]
+
+    def analyse_spectrum(self, X: np.ndarray, filters: np.ndarray | None = None) -> list[np.ndarray]:
+        """Coefficients of the signal of spectrum ``X`` (n,), by ``filters`` (K, n; default the frame's)."""
+        f = self.filters if filters is None else filters
+        out: list[np.ndarray] = [np.empty(0)] * self.K
+        for m, idx in self._groups:
+            c = sfft.ifft(_fold(X[None, :] * f[idx], m), axis=-1)
+            for j, k in enumerate(idx):
+                out[k] = c[j]
+        return out
+
+    def adjoint_spectrum(self, coefs: Sequence[np.ndarray]) -> np.ndarray:
+        """Spectrum of ``Re(Phi^* c)``, the real frame's adjoint applied to complex coefficients."""
+        if len(coefs) != self.K:
+            raise ValueError(f"expected {self.K} coefficient arrays, got {len(coefs)}")
+        V = np.zeros(self.n, dtype=np.complex128)
+        for m, idx in self._groups:
+            C = sfft.fft(np.stack([coefs[k] for k in idx]), axis=-1)
+            # zero-insertion upsampling by m tiles the spectrum m times
+            V += np.einsum("kn,kn->n", self.filters[idx], np.tile(C, (1, m)))
+        return 0.5 * (V + np.conj(_mirror(V)))
+
+    def synthesise(self, coefs: Sequence[np.ndarray]) -> np.ndarray:
+        """Dual-frame reconstruction ``D Re(Phi^* c)``: a real signal of ``n`` samples."""
+        return sfft.ifft(self.inverse * self.adjoint_spectrum(coefs)).real
+
+    def gram(self, coefs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``G c`` (analysis Gram applied to complex coefficients, read as the real frame's pairs)."""
+        return self.analyse_spectrum(self.adjoint_spectrum(coefs))
+
+    def dual_gram(self, coefs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``G~ c``: the dual Gram applied, every filter and every lag (for tests and analysis)."""
+        return self.analyse_spectrum(self.inverse**2 * self.adjoint_spectrum(coefs))
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """``tau x``: what the frame rebuilds from all of ``x``'s coefficients (the denoising target)."""
+        return sfft.ifft(self.taper * sfft.fft(np.asarray(x, dtype=np.float64))).real
+
+    def dense(self) -> np.ndarray:
+        """The real analysis matrix ``Phi_R`` (rows: Re then Im of each coefficient, filter by filter).
+
+        Shape ``(2 * sum_k n / M_k, n)``; only for small ``n`` (tests).
+        """
+        cols = [np.concatenate([np.concatenate([c.real, c.imag]) for c in self.analyse(e)]) for e in np.eye(self.n)]
+        return np.stack(cols, axis=1)
+
+    def flatten(self, coefs: Sequence[np.ndarray]) -> np.ndarray:
+        """Complex coefficients as the real vector matching the rows of :meth:`dense`."""
+        return np.concatenate([np.concatenate([c.real, c.imag]) for c in coefs])
+
+    def flatten_mask(self, mask: Sequence[np.ndarray]) -> np.ndarray:
+        """A per-coefficient mask repeated on the real frame's two rows (Re, Im)."""
+        return np.concatenate([np.concatenate([np.asarray(a, float)] * 2) for a in mask])
+
+    def row_groups(self) -> np.ndarray:
+        """For each row of :meth:`dense`, the index of its complex coefficient (flat, filter by filter)."""
+        out, base = [], 0
+        for m in self.steps:
+            t = np.arange(self.n // int(m))
+            out.append(np.concatenate([t, t]) + base)
+            base += t.size
+        return np.concatenate(out)
+
+    # -- the rule ----------------------------------------------------------------------------------------
+    def noise_variance(self, noise_psd: float | np.ndarray = 1.0) -> np.ndarray:
+        """``E|n_k|^2`` per filter for real stationary noise of power spectrum ``noise_psd``
+        (a scalar ``sigma**2`` for white noise, or an (n,) array, symmetric in frequency)."""
+        p = np.broadcast_to(np.asarray(noise_psd, dtype=np.float64), (self.n,))
+        return (self.filters**2 * p).sum(1) / self.n
+
+    def keep_cost(self, noise_psd: float | np.ndarray = 1.0) -> np.ndarray:
+        """``nu_k = E[Re(conj(n_i) (G~ n)_i)] = (G~ C_noise)_ii`` per filter (the keep cost), shape (K,)."""
+        p = np.broadcast_to(np.asarray(noise_psd, dtype=np.float64), (self.n,))
+        return (self.filters * self.rule_filters * p).sum(1) / self.n
+
+    def kill_cost(self, x: np.ndarray) -> list[np.ndarray]:
+        """``Re(conj(c_i) (G~ c)_i)`` for ``c = Phi x``: the bias a coefficient's removal costs, per row."""
+        X = sfft.fft(np.asarray(x, dtype=np.float64))
+        c = self.analyse_spectrum(X)
+        z = self.analyse_spectrum(X, self.rule_filters)
+        return [(np.conj(ci) * zi).real for ci, zi in zip(c, z)]
+
+    def keep_oracle(self, clean: np.ndarray, noise_psd: float | np.ndarray = 1.0) -> list[np.ndarray]:
+        """The paper's decoupled rule with the clean signal known: keep iff kill cost > keep cost."""
+        nu = self.keep_cost(noise_psd)
+        return [kc > v for kc, v in zip(self.kill_cost(clean), nu)]
+
+    def keep_plugin(self, noisy: np.ndarray, noise_psd: float | np.ndarray = 1.0) -> list[np.ndarray]:
+        """Plug-in rule: ``c c^*`` estimated by ``y y^* - C_noise``, i.e. keep iff ``Re(conj(y) G~y) > 2 nu``."""
+        nu = self.keep_cost(noise_psd)
+        return [kc > 2 * v for kc, v in zip(self.kill_cost(noisy), nu)]
+
+    # -- the risk ----------------------------------------------------------------------------------------
+    def risk(
+        self,
+        mask: Sequence[np.ndarray],
+        clean: np.ndarray,
+        noise_psd: float | np.ndarray = 1.0,
+    ) -> float:
+        """Closed-form risk ``E||tau x - D Re(Phi^*(a (c + n)))||^2`` of a fixed mask (sum over samples).
+
+        Parameters
+        ----------
+        mask : list of K arrays
+            Per-coefficient weights ``a`` (0/1 for keep-or-kill; any real values are allowed).
+        clean : ndarray, shape (n,)
+            The clean signal ``x``.
+        noise_psd : float or ndarray (n,)
+            Power spectrum of the real stationary noise (``sigma**2`` when white).
+
+        Returns
+        -------
+        float
+            Bias ``||D Re(Phi^*((1-a) c))||^2`` plus variance ``tr(A G~ A C_noise)`` (real-frame traces),
+            the latter summed lag by lag over pairs of filters with overlapping spectra.
+        """
+        a = [np.asarray(m, dtype=np.float64) for m in mask]
+        c = self.analyse(clean)
+        bias = float(np.sum(self.synthesise([(1 - ai) * ci for ai, ci in zip(a, c)]) ** 2))
+        return bias + self.variance(a, noise_psd)
+
+    def variance(self, mask: Sequence[np.ndarray], noise_psd: float | np.ndarray = 1.0) -> float:
+        """``E||D Re(Phi^*(a n))||^2`` in closed form for a fixed mask ``a``.
+
+        ``tr(A G~_R A C_R) = 1/2 sum_ij a_i a_j Re(g~_ij g_ji + conj(q~_ij) q_ji)`` with ``g`` the complex
+        (noise-weighted) Gram and ``q`` the pseudo-Gram ``sum_s a_j(s) a_i(s)`` (nonzero only where filters
+        reach negative frequencies); both depend on the lag ``s_i - s_j`` only, so the double sum is
+        ``sum_(k,l) sum_lag kernel_kl(lag) * mask_correlation_kl(lag)``, each an FFT.
+        """
+        n = self.n
+        p = np.broadcast_to(np.asarray(noise_psd, dtype=np.float64), (n,))
+        f = self.filters
+        fm = _mirror(f)
+        d2 = self.inverse**2
+        up = []
+        for ak, m in zip(mask, self.steps):
+            A = np.zeros(n)
+            A[:: int(m)] = ak
+            up.append(sfft.fft(A))
+        absf = np.abs(f)
+        absfm = np.abs(fm)
+        scale = np.sqrt((f**2).sum(1))
+        total = 0.0
+        for k in range(self.K):
+            # pairs whose spectra (or mirrored spectra) overlap; others contribute nothing
+            ov = (absf[k] * absf).sum(1) + (absfm[k] * absf).sum(1)
+            for l in np.nonzero(ov > 1e-13 * scale[k] * scale)[0]:
+                fkl = f[k] * f[l]
+                R = sfft.ifft(fkl * p)  # g_ij at lag s_i - s_j
+                Rt = sfft.ifft(fkl * d2)  # g~_ij at lag s_i - s_j
+                Q = sfft.ifft(f[l] * fm[k] * p)  # q_ij at lag s_i - s_j
+                Qt = sfft.ifft(f[l] * fm[k] * d2)
+                Qlk = sfft.ifft(f[k] * fm[l] * p)  # q_ji at lag s_j - s_i
+                # g_ji at lag -(s_i - s_j): R reversed; q_ji likewise
+                kern = 0.5 * (Rt * _mirror(R) + np.conj(Qt) * _mirror(Qlk)).real
+                corr = sfft.ifft(up[k] * np.conj(up[l])).real  # sum_s A_k(s) A_l(s - lag)
+                total += float(np.dot(kern, corr))
+        return total
+
+
+def dense_rule(
+    phi: np.ndarray, coef: np.ndarray, sigma: float, *, plugin: bool, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """The decoupled keep-or-kill rule for a dense real frame, with dense Grams (a reference for tests).
+
+    Parameters
+    ----------
+    phi : ndarray, shape (K, N)
+        Real analysis matrix (rows are atoms).
+    coef : ndarray, shape (K,)
+        Clean coefficients ``Phi x`` (oracle rule) or noisy ``Phi y`` (``plugin=True``).
+    sigma : float
+        White noise standard deviation in the signal domain.
+    plugin : bool
+        Replace ``c c^T`` by its unbiased estimate ``y y^T - sigma^2 G``.
+    groups : ndarray of int, shape (K,), optional
+        Rows deciding together (the Re and Im rows of one complex coefficient, see
+        :meth:`ConvFrame.row_groups`): their costs are summed.
+
+    Returns
+    -------
+    ndarray of bool
+        Keep decisions, one per row (or per group).
+    """
+    G = phi @ phi.T
+    pinv = np.linalg.pinv(phi)  # canonical dual synthesis Phi^+, (N, K)
+    Gt = pinv.T @ pinv
+    kill = coef * (Gt @ coef)
+    keep = sigma**2 * np.einsum("ij,ji->i", Gt, G)
+    if groups is not None:
+        kill = np.bincount(groups, kill)
+        keep = np.bincount(groups, keep)
+    return kill > (2 * keep if plugin else keep)
+
+
+def gram_row_profile(frame: ConvFrame, k: int, *, max_offset: int = 4) -> dict[int | str, tuple[float, int]]:
+    """Where the (complex) dual Gram row of a coefficient of filter ``k`` puts its mass.
+
+    Parameters
+    ----------
+    frame : ConvFrame
+    k : int
+        Filter index.
+    max_offset : int
+        Neighbouring filters ``k + d`` reported, ``|d| <= max_offset``.
+
+    Returns
+    -------
+    dict
+        ``d -> (share, lag)``: the share of the row's squared mass ``sum_j |g~_ij|^2`` on filter ``k + d``
+        (over all its coefficients), and the lag in samples within which 99 % of that filter's share lies.
+        The share of lag 0 alone on filter ``k`` itself is returned under key ``"lag0"``.
+    """
+    n = frame.n
+    d2 = frame.inverse**2
+    rows = {}
+    total = 0.0
+    for l in range(frame.K):
+        r = np.fft.ifft(frame.filters[k] * frame.filters[l] * d2)  # g~ at every lag (full rate)
+        # entries of the row sit at lags s_i - s_j on filter l's grid (s_i = 0 here)
+        on_grid = np.abs(r[:: int(frame.steps[l])]) ** 2
+        e = float(on_grid.sum())
+        total += e
+        if abs(l - k) <= max_offset:
+            lags = np.minimum(np.arange(on_grid.size), on_grid.size - np.arange(on_grid.size)) * int(frame.steps[l])
+            order = np.argsort(lags, kind="stable")
+            cum = np.cumsum(on_grid[order])
+            reach = int(lags[order][np.searchsorted(cum, 0.99 * e)]) if e > 0 else 0
+            rows[l - k] = (e, reach)
+            if l == k:
+                rows["lag0"] = (float(on_grid[0]), 0)
+    return {d: (e / total, reach) for d, (e, reach) in rows.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pipeline's thresholding stage (torch, chunk by chunk)
+# ---------------------------------------------------------------------------------------------------
+class _RuleBank:
+    """Rule filters of one frame as short time-domain taps, so that they do not depend on the FFT length.
+
+    ``h_lam`` is computed once at a reference length and cut to its support (all but 1e-7 of its L1 mass),
+    or to ``cap`` samples on each side with a smooth window where that is longer (the two lowest first-order
+    filters, where the frame is far from tight). ``rho`` is computed with the cut taps, so that the keep
+    cost stays the exact expectation of the statistic actually used.
+    """
+
+    def __init__(self, filters: np.ndarray, log2_step: Sequence[int], cap: int) -> None:
+        frame = ConvFrame(filters, log2_step)
+        n_ref = frame.n
+        if 2 * cap + 1 > n_ref:
+            raise ValueError(f"reference length {n_ref} too short for taps of half-width {cap}")
+        self.log2_step = frame.log2_step.copy()
+        self.taps: list[np.ndarray] = []  # centred: taps[k][half_k + t] = h_k[t], |t| <= half_k
+        self.half: list[int] = []
+        rho = frame.rho.copy()
+        h_all = np.fft.ifft(frame.rule_filters, axis=-1)
+        for k in range(frame.K):
+            h = h_all[k]
+            support = _tap_support(h)
+            half = min(support, cap)
+            t = np.arange(-half, half + 1)
+            taps = h[t % n_ref]
+            if support > cap:
+                taps = taps * _smoothstep((cap - np.abs(t)) / (0.5 * cap))
+                # keep cost of the windowed filter, by Parseval: sum_w psi_hat h_hat = n sum_t psi[t] conj(h[t])
+                psi = np.fft.ifft(frame.filters[k])[t % n_ref]
+                rho[k] = float(n_ref * np.vdot(taps, psi).real / (frame.filters[k] ** 2).sum())
+            self.taps.append(taps)
+            self.half.append(half)
+        self.rho = rho
+        self.max_half = max(self.half)
+        self._spectra: dict[int, torch.Tensor] = {}
+        self._banded: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    def spectra(self, n: int) -> torch.Tensor:
+        """Real Fourier responses of the taps at FFT length ``n``, float32 (K, n)."""
+        s = self._spectra.get(n)
+        if s is None:
+            out = np.empty((len(self.taps), n), dtype=np.float32)
+            for k, (taps, half) in enumerate(zip(self.taps, self.half)):
+                full = np.zeros(n, dtype=np.complex128)
+                # a buffer shorter than the taps gets them periodised: circular convolution, as for any filter
+                np.add.at(full, np.arange(-half, half + 1) % n, taps)
+                out[k] = np.fft.fft(full).real  # Hermitian taps: real response
+            s = torch.from_numpy(out)
+            if len(self._spectra) >= 4:
+                self._spectra.pop(next(iter(self._spectra)))
+            self._spectra[n] = s
+        return s
+
+    def banded(self, n: int, index: Sequence[int], k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rule filters ``index`` at FFT length ``n``, decimated by ``2**k``, as a gather.
+
+        Decimation is alias-free, so each filter's support fits in ``T = n / 2**k`` consecutive bins and
+        ``fold(X h, 2**k)[j] = X[b_j] h[b_j] / 2**k`` with ``b_j`` the bin of that window congruent to ``j``
+        mod ``T``: ``2**k`` times less work than the full product. Returns ``(bins, weights)``, both (F, T),
+        or None where more than 1e-12 of a filter's energy would fall outside its window.
+        """
+        key = (n, tuple(int(i) for i in index), int(k))
+        if key in self._banded:
+            return self._banded[key]
+        spectra = self.spectra(n).numpy().astype(np.float64)
+        m = 1 << int(k)
+        T = n // m
+        bins = np.empty((len(index), T), dtype=np.int64)
+        weights = np.empty((len(index), T), dtype=np.float32)
+        result = None
+        for row, i in enumerate(index):
+            e = spectra[i] ** 2
+            c = np.concatenate([[0.0], np.cumsum(np.concatenate([e, e[:T]]))])
+            start = int(np.argmax(c[T : T + n] - c[:n]))  # window [start, start + T) with the most energy
+            b = (start + np.arange(T)) % n
+            outside = np.ones(n, dtype=bool)
+            outside[b] = False
+            if e[outside].sum() > 1e-12 * e.sum():
+                break
+            order = np.argsort(b % T)
+            bins[row] = b[order]
+            weights[row] = spectra[i, b[order]] / m
+        else:
+            result = (torch.from_numpy(bins), torch.from_numpy(weights))
+        self._banded[key] = result
+        return result
+
+
+def decision(stat: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+    """Keep (1) where ``stat > thr``, kill (0) below, with a linear ramp ``DECISION_RAMP * thr`` wide.
+
+    A 0/1 step would make the output jump when rounding moves a statistic across its threshold, and buffers of
+    different FFT lengths round differently; the ramp keeps streamed output equal to whole-signal output to
+    rounding. Its width (1 % of the threshold) holds ~0.3 % of pure-noise coefficients.
+    """
+    return ((stat - thr) / (DECISION_RAMP * thr + 1e-30) + 0.5).clamp(0.0, 1.0)
+
+
+def _fold_t(x: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 1:
+        return x
+    n = x.shape[-1]
+    return x.reshape(*x.shape[:-1], factor, n // factor).mean(dim=-2)
+
+
+@dataclass
+class ScatteringThresholder:
+    """The thresholding stage of :class:`~pipeline.scattering.Scattering` (built by it from its config).
+
+    Parameters
+    ----------
+    scattering : Scattering
+        The front end whose filters are thresholded.
+    mode : str
+        One of ``THRESHOLD_MODES`` other than ``"none"``.
+    order2 : bool
+        Also threshold the second-order wavelet coefficients.
+    reference : tuple, optional
+        ``(n, psi1_f, psi2_f)``: the front end's kymatio filters at a reference length, reused if long enough.
+
+    Attributes
+    ----------
+    block : int
+        Samples per noise block (``NOISE_BLOCK_HOPS`` frames): each filter's noise level is constant on it.
+    window : int
+        Samples in the noise window (a whole number of blocks, ~``NOISE_WINDOW_S``).
+    reach : int
+        Samples on each side of a coefficient on which its keep-or-kill decision depends, beyond the
+        wavelet's own support (half the noise window plus one block; the rule filters are cut to it): what
+        streaming adds to the margin, once per thresholded order.
+    """
+
+    scattering: object
+    mode: str
+    order2: bool = False
+    reference: tuple | None = field(default=None, repr=False)
+    reach: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in THRESHOLD_MODES or self.mode == "none":
+            raise ValueError(f"mode must be one of {', '.join(THRESHOLD_MODES[1:])}; got {self.mode!r}")
+        sc = self.scattering
+        self.hop = int(sc.hop)
+        self.block = NOISE_BLOCK_HOPS * self.hop  # the noise level is constant over such blocks
+        half_blocks = max(1, int(round(NOISE_WINDOW_S * sc.config.sample_rate / self.block / 2)))
+        self.window = 2 * half_blocks * self.block  # noise window in samples, a whole number of blocks
+        self.reach = self.window // 2 + self.block
+        self.universal = math.sqrt(2.0 * math.log(self.window))
+        self.rule1 = None
+        self._psi2_ref = None
+        want2 = self.order2 and sc.config.max_order == 2
+        if self.mode == "risk" or want2:
+            # taps are cut from filters at a reference length beyond twice their half-width; the front end's
+            # own reference bank is reused when it is long enough
+            if self.reference is not None and self.reference[0] > 2 * self.reach + 1:
+                _, psi1_f, psi2_f = self.reference
+            else:
+                _, psi1_f, psi2_f = sc._factory(1 << int(math.ceil(math.log2(2 * self.reach + 2))))
+            if self.mode == "risk":
+                psi1 = np.stack([p["levels"][0].real for p in psi1_f])
+                self.rule1 = _RuleBank(psi1, sc.first_order_k(), cap=self.reach)
+            if want2:
+                self._psi2_ref = {"filters": psi2_f}
+        self._rule2: dict[tuple, _RuleBank] = {}
+
+    # -- noise level -----------------------------------------------------------------------------------
+    def noise_level(self, a2: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        """Robust per-filter noise variance ``E|n|^2`` around each coefficient.
+
+        Parameters
+        ----------
+        a2 : Tensor, shape (..., T)
+            ``|y|^2`` of coefficients taken every ``2**k`` samples of a circular buffer of ``n`` samples.
+        k : int
+            log2 decimation of the coefficients (``2**k <= hop``).
+        n : int
+            Buffer length in samples (a multiple of ``hop``).
+
+        Returns
+        -------
+        Tensor, shape (..., T)
+            ``median(|y|^2) / ln 2`` over the noise window centred on the coefficient's block.
+
+        Notes
+        -----
+        Blocks of ``block`` samples are counted from the buffer's first sample. The streaming front end
+        starts every buffer a multiple of ``block`` samples after the previous one (its margin is a multiple
+        of ``block``), so the blocks, hence the levels, are the same in every chunk and in the whole signal.
+        """
+        B = self.block
+        step = max(1 << k, self.hop // NOISE_POINTS_PER_HOP)  # samples between the points fed to the median
+        pts = a2[..., :: step >> k]
+        npts = pts.shape[-1]
+        per_block, per_window = B // step, self.window // step
+        nb = -(-n // B)
+        # window of block b: points [b*per_block + per_block/2 - per_window/2, ... + per_window), circular
+        left = per_window // 2 - per_block // 2
+        length = (nb - 1) * per_block + per_window
+        idx = (torch.arange(length) - left) % npts
+        win = pts[..., idx].unfold(-1, per_window, per_block)
+        med = win.median(dim=-1).values / _LN2
+        block_of = (torch.arange(a2.shape[-1]) << k) // B
+        return med[..., block_of]
+
+    # -- the decision ------------------------------------------------------------------------------------
+    def _gain(self, y: torch.Tensor, z: torch.Tensor | None, rho: torch.Tensor | None, k: int, n: int) -> torch.Tensor:
+        """Real gain in [0, 1] per coefficient (0/1 up to the ramp, or the soft-threshold shrinkage)."""
+        a2 = y.real**2 + y.imag**2
+        s2 = self.noise_level(a2, k, n)
+        if self.mode == "universal-soft":
+            # shrink the modulus by the threshold, keep the phase
+            return (1.0 - torch.sqrt(s2 * self.universal**2 / a2.clamp_min(1e-30))).clamp_min(0.0)
+        if self.mode == "risk":
+            stat = y.real * z.real + y.imag * z.imag  # Re(conj(y) z): the plug-in estimate, noise included
+            thr = 2.0 * rho[:, None] * s2  # twice the keep cost
+        else:  # universal-hard
+            stat, thr = a2, s2 * self.universal**2
+        return decision(stat, thr)
+
+    def first_order_gains(self, X: torch.Tensor, U1: list[torch.Tensor], groups) -> list[torch.Tensor]:
+        """Gains of the first-order coefficients of buffers with spectrum ``X`` (B, n).
+
+        ``U1[g]`` is (B, filters in group g, n / 2**k_g), as in the front end; returns real tensors of the
+        same shapes.
+        """
+        n = X.shape[-1]
+        out = []
+        spectra = self.rule1.spectra(n) if self.rule1 is not None else None
+        for g, u in zip(groups, U1):
+            z = rho = None
+            if spectra is not None:
+                idx = list(g.index)
+                z = self._rule_coefficients(X, self.rule1, idx, g.k)
+                rho = torch.from_numpy(self.rule1.rho[idx].astype(np.float32))
+            out.append(self._gain(u, z, rho, g.k, n))
+        return out
+
+    @staticmethod
+    def _rule_coefficients(X: torch.Tensor, bank: _RuleBank, index: list[int], k: int) -> torch.Tensor:
+        """``(x * h)(2**k t)`` for the rule filters ``index`` of ``bank``; ``X`` is (..., n) -> (..., F, T)."""
+        n = X.shape[-1]
+        band = bank.banded(n, index, k)
+        if band is None:
+            return torch.fft.ifft(_fold_t(X[..., None, :] * bank.spectra(n)[index], 2**k))
+        bins, weights = band
+        return torch.fft.ifft(X[..., bins] * weights)
+
+    def first_order(self, X: torch.Tensor, U1: list[torch.Tensor], groups) -> list[torch.Tensor]:
+        """Threshold the first-order coefficients (see :meth:`first_order_gains`)."""
+        return [u * g for u, g in zip(U1, self.first_order_gains(X, U1, groups))]
+
+    def _second_bank(self, k1: int, plan) -> _RuleBank:
+        key = (k1,) + tuple(int(i) for _, n2s, *_ in plan for i in n2s)
+        bank = self._rule2.get(key)
+        if bank is None:
+            ref = self._psi2_ref
+            filters, steps = [], []
+            for k2, n2s, *_ in plan:
+                for i in n2s:
+                    filters.append(ref["filters"][int(i)]["levels"][k1].real)
+                    steps.append(int(k2))
+            bank = _RuleBank(np.stack(filters), steps, cap=self.reach >> k1)
+            self._rule2[key] = bank
+        return bank
+
+    def second_order(self, Uh: torch.Tensor, V: list[torch.Tensor], k1: int, plan) -> list[torch.Tensor]:
+        """Threshold the second-order coefficients of one first-order group.
+
+        Parameters
+        ----------
+        Uh : Tensor, shape (B, G1, n1)
+            Spectra of the first-order moduli (each a real signal at ``2**k1`` subsampling).
+        V : list of Tensor
+            Per entry ``(k2, n2s, ...)`` of ``plan``: complex coefficients (B, G1, len(n2s), n1 / 2**k2).
+        k1 : int
+            log2 subsampling of the group.
+        plan : sequence of (k2, n2s, ...)
+            The second-order filters (all of them form one frame of each modulus signal).
+        """
+        if self._psi2_ref is None or not plan:
+            return V
+        n1 = Uh.shape[-1]
+        n = n1 << k1
+        if self.mode == "risk":
+            bank = self._second_bank(k1, plan)
+            rho_all = torch.from_numpy(bank.rho.astype(np.float32))
+        out, pos = [], 0
+        for (k2, n2s, *_), v in zip(plan, V):
+            m = len(n2s)
+            z = rho = None
+            if self.mode == "risk":
+                z = self._rule_coefficients(Uh, bank, list(range(pos, pos + m)), int(k2))
+                rho = rho_all[pos : pos + m]
+            out.append(v * self._gain(v, z, rho, k1 + k2, n))
+            pos += m
+        return out
+
+
+def pipeline_gains(
+    x: np.ndarray, thresholders: Sequence[ScatteringThresholder | None], frame: ConvFrame
+) -> list[list[np.ndarray]]:
+    """Gains the front end's first-order stage gives each coefficient of a signal, for several stages.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+        Real signal, taken as circular (``n`` a multiple of the noise block).
+    thresholders : sequence of ScatteringThresholder or None
+        Stages sharing one front end (``None``: keep everything, mode ``none``).
+    frame : ConvFrame
+        The front end's first-order frame at length ``n`` (:meth:`ConvFrame.from_scattering`).
+
+    Returns
+    -------
+    list
+        Per stage, a list of K float64 arrays (filter by filter), as :meth:`ConvFrame.analyse` lays out
+        coefficients. The coefficients are computed in float32 as in the front end.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    live = [t for t in thresholders if t is not None]
+    groups = U1 = X = None
+    if live:
+        ks = live[0].scattering.first_order_k()
+        groups = [_Group(int(k), tuple(int(i) for i in np.nonzero(ks == k)[0])) for k in sorted(set(ks))]
+        psi = torch.from_numpy(frame.filters.astype(np.float32))
+        X = torch.fft.fft(torch.from_numpy(x.astype(np.float32)))[None]
+        U1 = [torch.fft.ifft(_fold_t(X[:, None, :] * psi[list(g.index)], 2**g.k)) for g in groups]
+    out = []
+    for th in thresholders:
+        if th is None:
+            out.append([np.ones(frame.n // int(m)) for m in frame.steps])
+            continue
+        gains: list[np.ndarray] = [np.empty(0)] * frame.K
+        for g, gg in zip(groups, th.first_order_gains(X, U1, groups)):
+            for j, i in enumerate(g.index):
+                gains[i] = gg[0, j].numpy().astype(np.float64)
+        out.append(gains)
+    return out
+
+
+def denoise(
+    x: np.ndarray, thresholder: ScatteringThresholder | None, frame: ConvFrame | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Threshold a signal's first-order coefficients as the front end does, and rebuild it through the dual.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+        Real signal, taken as circular (``n`` a multiple of the thresholder's noise block).
+    thresholder : ScatteringThresholder or None
+        The stage to apply (``None``: keep everything, the ``none`` mode).
+    frame : ConvFrame, optional
+        The first-order frame at length ``n`` (built from the thresholder's front end if omitted).
+
+    Returns
+    -------
+    x_hat : ndarray, float64, shape (n,)
+        ``D Re(Phi^*(a y))``, the estimate of ``frame.project(clean)``.
+    gains : list of ndarray
+        The gain ``a`` of every first-order coefficient, filter by filter.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if frame is None:
+        if thresholder is None:
+            raise ValueError("pass the frame when no thresholder is given")
+        frame = ConvFrame.from_scattering(thresholder.scattering, x.size)
+    (gains,) = pipeline_gains(x, [thresholder], frame)
+    return frame.synthesise([c * a for c, a in zip(frame.analyse(x), gains)]), gains
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Same fields as ``pipeline.scattering.FilterGroup`` (not imported: scattering imports this module)."""
+
+    k: int
+    index: tuple[int, ...]
