@@ -21,6 +21,9 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # the run finished but some inputs could not be processed
 EXIT_USAGE = 2  # bad options or no usable input
 
+#: Default sequence step for the RNTK (a 10 s clip becomes 40 steps).
+RNTK_DEFAULT_POOL_S = 0.25
+
 
 def _add_feature_options(p: argparse.ArgumentParser) -> None:
     d = FeatureConfig()
@@ -69,6 +72,231 @@ def cmd_features(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if (run.failed or scan.problems) else EXIT_OK
 
 
+# -- detect / export / failures / merge ----------------------------------------------------------------
+def _batch_errors() -> tuple[type[BaseException], ...]:
+    from models.base import DetectorError
+    from pipeline.batch import BatchError
+    from pipeline.store import StoreError
+
+    return (BatchError, DetectorError, StoreError, ValueError)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from pipeline.batch import DetectParams, parse_shard, run_detect, shard_from_env
+    from pipeline.exports import parse_formats
+
+    try:
+        summary = run_detect(
+            args.inputs,
+            args.output,
+            model_path=args.model,
+            params=DetectParams(args.window, args.hop, args.min_conf),
+            extensions=args.ext,
+            force=args.force,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            shard=parse_shard(args.shard) if args.shard else shard_from_env(),
+            formats=parse_formats(args.format),
+            progress=not args.quiet,
+        )
+    except _batch_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(summary.lines()))
+    return EXIT_SOME_FAILED if (summary.failed or summary.problems) else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.exports import export_store, parse_formats
+
+    try:
+        run, written = export_store(args.outdir, parse_formats(args.format), run_id=args.run, to=args.to)
+    except _batch_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"export: run {run.id} (model {run.model_hash}, config {run.config_hash}): {len(written)} file(s) "
+          f"written to {args.to or args.outdir}")
+    return EXIT_OK
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from pipeline.store import STORE_NAME, ResultsStore
+
+    try:
+        with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
+            run = store.run(args.run)
+            failures = store.failures(run.id)
+    except _batch_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for path, reason in failures:
+        print(f"{path}\t{reason}")
+    print(f"run {run.id}: {len(failures)} failure(s)", file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pipeline.exports import export_store, parse_formats
+    from pipeline.store import STORE_NAME, iter_store_paths, merge_stores
+
+    sources = args.stores or list(iter_store_paths(args.outdir))
+    if not sources:
+        print(f"error: no shard stores (scatterbird.shard-*-of-*.sqlite) in {args.outdir}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = merge_stores(Path(args.outdir) / STORE_NAME, sources)
+        formats = parse_formats(args.format)
+        # normally one run; with several (shards of different models), the newest is exported
+        written = export_store(args.outdir, formats, run_id=max(report.runs))[1] if formats and report.runs else []
+    except _batch_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"merge: {len(report.sources)} store(s) into {Path(args.outdir) / STORE_NAME}: {report.copied} file "
+          f"result(s) copied, {report.kept} already there; run(s) {report.runs}; {len(written)} export file(s)")
+    return EXIT_OK
+
+
+# -- train ---------------------------------------------------------------------------------------------
+def _pool_for(args: argparse.Namespace) -> float:
+    """The sequence step: as given, else RNTK_DEFAULT_POOL_S for the RNTK and native frames otherwise."""
+    if args.pool is not None:
+        return float(args.pool)
+    return RNTK_DEFAULT_POOL_S if args.model == "rntk" else 0.0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.base import DetectorError
+    from pipeline.training import TrainingError, parse_params, run_train
+
+    config = _config_from(args).replace(pool_s=_pool_for(args))
+    inputs = {"unlabeled": args.unlabeled or [], "labelled_fraction": args.labelled_fraction, "window_s": args.window}
+    if args.dataset is not None:
+        inputs["dataset"] = args.dataset
+    if args.audio is not None or args.labels is not None:
+        inputs.update(audio=args.audio, labels=args.labels)
+    try:
+        report = run_train(
+            args.output, model=args.model, params=parse_params(args.param or []), seed=args.seed, config=config,
+            cache_dir=args.cache, progress=not args.quiet, **inputs,
+        )
+    except (TrainingError, DetectorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    d = report.data
+    _report_problems(d.failed, "failed")
+    print(
+        f"train: {args.model} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
+        f"{len(d.unlabeled)} unlabelled window(s) ({d.n_unlabelled_files} file(s), {d.n_hidden} clip(s) with "
+        f"hidden labels); features: {d.cache_hits} from the cache, {d.cache_misses} computed; fitted in "
+        f"{report.fit_seconds:.1f} s; model written to {report.model_path} (config {config.hash})"
+    )
+    return EXIT_SOME_FAILED if d.failed else EXIT_OK
+
+
+# -- evaluate / crossval -------------------------------------------------------------------------------
+def _evaluation_errors() -> tuple[type[BaseException], ...]:
+    from models.base import DetectorError
+    from pipeline.evaluate import DatasetError
+    from pipeline.training import TrainingError
+
+    return (DatasetError, DetectorError, TrainingError)
+
+
+def _print_datasets(datasets) -> bool:
+    """Print what was found; return True when some dataset is incomplete."""
+    for d in datasets:
+        print(d.summary(), file=sys.stderr)
+        for msg in d.problems():
+            print(f"  warning: {msg}", file=sys.stderr)
+    return any(d.incomplete for d in datasets)
+
+
+def _print_run(run, incomplete: bool) -> int:
+    print(run.table())
+    for ds, item, why in [(r.metrics.name, i, w) for r in run.results for i, _, w in r.metrics.failed]:
+        print(f"failed: {ds}/{item}: {why}", file=sys.stderr)
+    print(f"{run.kind}: report {run.outdir / 'report.html'}; metrics.json, predictions.csv in {run.outdir}")
+    return EXIT_SOME_FAILED if (run.n_failed or incomplete) else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate, load_datasets, load_model
+
+    try:
+        datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
+        incomplete = _print_datasets(datasets)
+        detector, source = load_model(args.model)
+        run = evaluate(
+            detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers,
+            n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet,
+        )
+    except _evaluation_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _print_run(run, incomplete)
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import crossval, load_datasets, make_detector
+    from pipeline.training import parse_params
+
+    config = _config_from(args).replace(pool_s=_pool_for(args))
+    try:
+        params = parse_params(args.param or [])
+        make_detector(args.model, params, args.seed)  # a bad kind or option fails before any feature work
+        datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
+        incomplete = _print_datasets(datasets)
+        run = crossval(
+            datasets, lambda: make_detector(args.model, params, args.seed), args.output, config=config,
+            semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers,
+            n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, save_models=args.save_models,
+            progress=not args.quiet,
+        )
+    except _evaluation_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _print_run(run, incomplete)
+
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", action="append", metavar="NAME=PATH",
+                   help="a dataset folder (as its archive unpacks: wav/ and the label CSV) or its label CSV; NAME is "
+                   "a published name (ff1010bird, warblrb10k, BirdVox-DCASE-20k, ...) or your own (repeatable)")
+    p.add_argument("--audio", action="append", metavar="DIR", help="audio folder of a dataset in another layout (pairs with --labels; repeatable)")
+    p.add_argument("--labels", action="append", metavar="CSV", help="its label CSV: itemid[,datasetid],hasbird (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="output folder: metrics.json, predictions.csv, report.html, figures")
+    p.add_argument("--cache", help="feature cache folder (the one `train` uses; default: none)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes for the features (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of the AUC interval (default %(default)s)")
+    p.add_argument("--worst", type=int, default=5, help="worst false positives/negatives shown per dataset (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the bootstrap (and, for crossval, the detector) (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+# -- analyze -------------------------------------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from models.base import DetectorError
+    from pipeline.analysis import STAGES, AnalysisError, AnalysisOptions, analyze_inputs
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    options = AnalysisOptions(
+        stages=stages, max_clips=args.max_clips, detail_clips=args.detail_clips, slice_grid=args.slice_grid, seed=args.seed
+    )
+    try:
+        analysis, written, clips = analyze_inputs(
+            args.inputs, args.output, model_path=args.model, labels_csv=args.labels, options=options,
+            extensions=args.ext, cache_dir=args.cache, progress=not args.quiet,
+        )
+    except (AnalysisError, DetectorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _report_problems(clips.problems)
+    s = analysis.summary
+    print(f"analyze: {s['n_clips']} clip(s), {len(written)} file(s) written to {args.output} "
+          f"(open {Path(args.output) / 'index.html'})")
+    return EXIT_SOME_FAILED if clips.problems else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scatterbird",
@@ -85,6 +313,150 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_feature_options(p)
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "detect",
+        help="score every window of many recordings; resumable results store and exports",
+        description=(
+            "Detect bird activity in recordings: every window of --window s (every --hop s; the last window "
+            "is aligned to the end of the file) is scored by the model; windows scoring >= --min-conf are merged "
+            "into events. Results go to OUTPUT/scatterbird.sqlite, one transaction per file; rerunning with the "
+            "same model and options resumes (files already done are skipped), another model or options starts "
+            "a new run. Exit status: 0 all files processed, 1 some files failed (see `scatterbird failures`), "
+            "2 usage error or no model."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="audio files, directories (searched recursively) or .txt path lists")
+    p.add_argument("-o", "--output", required=True, help="output directory (results store and exports)")
+    p.add_argument("--model", help="a trained detector file (default: the bundled data/default_model.pt)")
+    p.add_argument("--window", type=float, default=10.0, help="window length in seconds (default %(default)s)")
+    p.add_argument("--hop", type=float, default=5.0, help="step between windows in seconds (default %(default)s)")
+    p.add_argument("--min-conf", type=float, default=0.5, help="event threshold on window scores (default %(default)s)")
+    p.add_argument("--ext", action="append", help="extension to look for in directories (repeatable)")
+    p.add_argument("--format", default="csv,raven",
+                   help="exports, comma-separated: csv, raven, audacity, json or all (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo every file, even those already done")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default %(default)s)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler's workers (needs the cluster extra)")
+    p.add_argument("--shard", metavar="i/N", help="process shard i of N (1-based) into its own store; default "
+                   "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("export", help="re-export a run from a results store")
+    p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
+    p.add_argument("--format", default="all", help="csv, raven, audacity, json or all (default %(default)s)")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    p.add_argument("--to", help="write the exports here instead of OUTDIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("failures", help="list the files a run could not process, with the reasons")
+    p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("merge", help="combine shard stores into OUTDIR/scatterbird.sqlite and export")
+    p.add_argument("outdir", help="output directory (its scatterbird.shard-*.sqlite are merged by default)")
+    p.add_argument("stores", nargs="*", help="shard stores to merge (default: those in OUTDIR)")
+    p.add_argument("--format", default="csv,raven", help="exports after merging (default %(default)s)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "train",
+        help="train a detector from labelled (and unlabelled) recordings",
+        description=(
+            "Train a detector on a Bird Audio Detection style folder (audio under wav/ and a CSV with itemid and "
+            "hasbird columns), or on --audio DIR --labels CSV. Unlabelled recordings of any length (--unlabeled) "
+            "are cut into --window s windows. Features are cached under --cache (default: .cache next to the "
+            "model file), keyed by feature configuration and file, so a second run recomputes nothing. "
+            "Exit status: 0 trained, 1 trained but some recordings could not be read, 2 usage or input error."
+        ),
+    )
+    p.add_argument("dataset", nargs="?", help="Bird Audio Detection style folder (or give --audio and --labels)")
+    p.add_argument("--audio", help="directory of the labelled recordings (file name without extension = itemid)")
+    p.add_argument("--labels", help="label CSV with itemid and hasbird (0/1) columns")
+    p.add_argument("--unlabeled", action="append", metavar="DIR",
+                   help="unlabelled recordings: directory, file or .txt path list (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.pt)")
+    p.add_argument("--model", default="inversion", help="detector kind: inversion or rntk (default %(default)s)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="detector hyperparameter, value as JSON, e.g. max_epochs=30 (repeatable)")
+    p.add_argument("--labelled-fraction", type=float, default=1.0,
+                   help="keep this stratified share of the labels, the rest become unlabelled (default %(default)s)")
+    p.add_argument("--window", type=float, default=10.0,
+                   help="window length in seconds for unlabelled recordings (default %(default)s)")
+    p.add_argument("--pool", type=float, default=None,
+                   help="average-pool frames to this step in seconds, 0 keeps the 23 ms frames "
+                        "(default: 0.25 for --model rntk, whose cost grows with the steps squared; 0 otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the kept labels and the detector (default %(default)s)")
+    p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_feature_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score labelled challenge datasets with a model: ROC AUC per dataset, harmonic mean, HTML report",
+        description=(
+            "Score every clip of each dataset with a trained model (default: the bundled one) and write "
+            "OUTPUT/metrics.json (per dataset: clips, positives, ROC AUC with a bootstrap 95%% interval; the "
+            "harmonic mean of the AUCs, the DCASE 2018 score), OUTPUT/predictions.csv (itemid,prob: the challenge's "
+            "submission form), OUTPUT/scores.csv, ROC and histogram PNGs and OUTPUT/report.html. Datasets with "
+            "hidden labels (the evaluation sets) are scored without AUC. Unreadable clips are listed, not fatal. "
+            "Exit status: 0 all clips scored, 1 some clips missing or unreadable, 2 usage or input error."
+        ),
+    )
+    _add_dataset_options(p)
+    p.add_argument("--model", help="a trained detector file (default: the bundled data/default_model.pt)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "crossval",
+        help="leave-one-dataset-out cross-validation (the DCASE 2018 protocol) with any detector kind",
+        description=(
+            "For each dataset: train a new detector (--model KIND, --param KEY=VALUE) on the other datasets' "
+            "labelled clips and score the one left out; with --heldout-unlabeled the left-out dataset's audio is "
+            "also given to the detector as unlabelled data (semi-supervised). Same outputs as `evaluate`, with "
+            "the held-out scores in predictions.csv and the harmonic mean of the held-out AUCs. "
+            "Exit status as for `evaluate`."
+        ),
+    )
+    _add_dataset_options(p)
+    p.add_argument("--model", default="inversion", help="detector kind: inversion or rntk (default %(default)s)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="detector hyperparameter, value as JSON, e.g. max_epochs=30 (repeatable)")
+    p.add_argument("--heldout-unlabeled", action="store_true",
+                   help="give the held-out dataset's audio to fit() as unlabelled data (its labels are never used)")
+    p.add_argument("--save-models", action="store_true", help="also write each fold's model to OUTPUT/models/<dataset>.pt")
+    p.add_argument("--pool", type=float, default=None,
+                   help="average-pool frames to this step in seconds, 0 keeps the 23 ms frames "
+                        "(default: 0.25 for --model rntk, whose cost grows with the steps squared; 0 otherwise)")
+    _add_feature_options(p)
+    p.set_defaults(func=cmd_crossval)
+
+    p = sub.add_parser(
+        "analyze",
+        help="spline-theory analyses of a trained network detector (templates, codes, regions, beta-VQ, rugosity)",
+        description=(
+            "Runs the analysis stages of models/spline on audio files (or .npz feature files) with a trained "
+            "piecewise-affine detector and writes OUTDIR/analysis.json, PNG figures and OUTDIR/index.html. "
+            "With --labels the class-dependent numbers (shared regions, 1-NN accuracy, beta-sweep AUC) are added."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="audio or .npz feature files, directories or .txt path lists")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--model", help="a trained detector file (default: the bundled data/default_model.pt)")
+    p.add_argument("--labels", help="itemid,hasbird CSV labelling the clips (optional)")
+    p.add_argument("--ext", action="append", help="extension to look for in directories (repeatable)")
+    p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
+    p.add_argument("--max-clips", type=int, default=64, help="clips for templates, codes, beta sweep (default %(default)s)")
+    p.add_argument("--detail-clips", type=int, default=4,
+                   help="clips for exact region counts, local complexity, rugosity (default %(default)s)")
+    p.add_argument("--stages", help="comma-separated subset of templates,codes,power_diagram,beta_sweep,rugosity")
+    p.add_argument("--slice-grid", type=int, default=80, help="grid points per axis of the 2-D slices (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_analyze)
 
     return parser
 

@@ -1,0 +1,190 @@
+"""`scatterbird detect` at scale: real-time factor with 1 and 2 workers, and peak memory vs file length.
+
+    .venv/bin/python benchmarks/bench_detect.py [--hours 1] [--long-hours 1 10] [--model MODEL.pt]
+                                                [--workdir DIR] [--quick]
+
+1. **Real-time factor.** ``--hours`` of synthetic audio (bird calls over pink noise) in 12 files, half 16-bit
+   WAV at 22,050 Hz, half FLAC at 48,000 Hz (resampled to the pipeline's 22,050 Hz on the way), goes through
+   the real command (``scatterbird detect DIR -o OUT --workers N``, a fresh process and a fresh store each
+   time) with 1 and with 2 workers. Real-time factor = wall seconds / audio seconds (below 1: faster than
+   real time), timed around the whole command (interpreter and worker start-up included); the ratio of the
+   two is the parallel speed-up.
+2. **Peak memory.** One recording of each of ``--long-hours`` (16-bit WAV at 22,050 Hz, written block by
+   block) goes through the same command with 1 worker (in-process); the process's peak resident set size
+   comes from ``wait4``. A 10 s recording is the baseline of the same run: what the interpreter, torch and the model
+   take before any long-file effect. Bounded memory means the long files' peaks stay at the baseline's level.
+
+The features are the default configuration (J=9, Q1=8, Q2=1, second order, 22,050 Hz). Without ``--model``
+the detector is a small logistic regression on each channel's mean and maximum (tests/simple_detector.py),
+trained here on 12 synthetic 10 s clips: its scoring costs next to nothing, so the numbers measure the
+pipeline (decoding, resampling, scattering, windows, store). Pass ``--model`` to time a trained network.
+
+The default run takes a while: the 10 h file is 10 h of audio at the single-core speed (about 20-40x real
+time, so 15-30 minutes). ``--quick`` shrinks everything (0.1 h, and 0.1 h / 1 h files) for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.synthetic import background, bird_call  # noqa: E402
+from pipeline.config import FeatureConfig  # noqa: E402
+
+CLI = [sys.executable, "-c", "import sys, tests.simple_detector, cli; sys.exit(cli.main(sys.argv[1:]))"]
+
+
+def synth_block(seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink noise at a field-recording level with a bird call every ~20 s."""
+    n = int(round(seconds * sr))
+    x = background("pink", n, sr, rng) * 0.02
+    for _ in range(max(1, int(seconds / 20))):
+        call, _, _ = bird_call(str(rng.choice(["chirp", "trill", "harmonic"])), sr, rng)
+        call = call[: n - 1] * 0.05
+        at = int(rng.integers(0, max(1, n - call.size)))
+        x[at : at + call.size] += call
+    return np.clip(x, -0.99, 0.99).astype(np.float32)
+
+
+def write_long(path: Path, seconds: float, sr: int, seed: int, block_s: float = 60.0) -> None:
+    """Write a recording block by block (a 10 h file is never in memory here either)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "FLAC" if path.suffix == ".flac" else "WAV"
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="PCM_16", format=fmt) as f:
+        left = seconds
+        while left > 0:
+            step = min(block_s, left)
+            f.write(synth_block(step, sr, rng))
+            left -= step
+
+
+def make_collection(folder: Path, hours: float, n_files: int = 12) -> float:
+    """``n_files`` recordings totalling ``hours``: even ones WAV at 22,050 Hz, odd ones FLAC at 48,000 Hz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    each = hours * 3600 / n_files
+    for i in range(n_files):
+        if i % 2:
+            write_long(folder / f"site{i % 3}" / f"rec{i:02d}.flac", each, 48000, seed=i)
+        else:
+            write_long(folder / f"site{i % 3}" / f"rec{i:02d}.wav", each, 22050, seed=i)
+    return hours * 3600
+
+
+def train_model(path: Path) -> None:
+    from data.synthetic import make_clip
+    from pipeline.scattering import Scattering, concatenate
+    from tests.simple_detector import SimpleDetector
+
+    config = FeatureConfig()
+    sc = Scattering(config)
+    rng = np.random.default_rng(0)
+    seqs, labels = [], []
+    for i in range(12):
+        x, _, _ = make_clip(10.0, config.sample_rate, hasbird=bool(i % 2), snr_db=5.0, rng=rng)
+        seqs.append(concatenate(list(sc.stream([x]))).S.T)  # the streamed path detection uses
+        labels.append(i % 2)
+    det = SimpleDetector().fit(seqs, labels)
+    det.feature_config = config
+    det.save(path)
+
+
+def run_cli(args: list[str]) -> tuple[float, float, int, str]:
+    """Run `scatterbird ARGS` in a fresh process: (wall s, peak RSS MiB, exit code, stdout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss (KiB on Linux) from wait4: the largest peak of the child and of the processes it waited for
+    # (its local workers), i.e. the peak of the biggest single process of the command
+    return wall, usage.ru_maxrss / 1024, proc.returncode, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=1.0, help="audio for the real-time factor (default 1)")
+    ap.add_argument("--long-hours", type=float, nargs="+", default=[1.0, 10.0], help="single-file lengths")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--model", help="a trained detector (default: train the small test detector)")
+    ap.add_argument("--workdir", help="keep the audio and stores here (default: a temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="0.1 h collection, 0.1 h and 1 h files")
+    args = ap.parse_args()
+    if args.quick:
+        args.hours, args.long_hours = 0.1, [0.1, 1.0]
+
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_detect_"))
+    work.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch threads "
+          f"{torch.get_num_threads()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    model = Path(args.model) if args.model else work / "simple_default_config.pt"
+    if not model.exists():
+        t0 = time.perf_counter()
+        train_model(model)
+        print(f"trained the small test detector on the default feature config in {time.perf_counter() - t0:.1f} s")
+    common = ["--model", str(model), "--window", "10", "--hop", "5", "-q", "--format", "csv"]
+
+    # 1. real-time factor
+    coll = work / "collection"
+    if not coll.exists():
+        t0 = time.perf_counter()
+        audio_s = make_collection(coll, args.hours)
+        print(f"wrote {args.hours:g} h of audio in 12 files (WAV 22.05 kHz + FLAC 48 kHz) in "
+              f"{time.perf_counter() - t0:.0f} s")
+    audio_s = sum(sf.info(str(p)).duration for p in sorted(coll.rglob("*")) if p.is_file())
+    rtf = {}
+    for n in args.workers:
+        out = work / f"out_workers{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        wall, rss, rc, text = run_cli(["detect", str(coll), "-o", str(out), "--workers", str(n), *common])
+        rtf[n] = wall / audio_s
+        print(f"workers={n}: {audio_s / 3600:.3f} h of audio in {wall:.1f} s wall (exit {rc}): "
+              f"real-time factor {rtf[n]:.5f} = {1 / rtf[n]:.1f}x real time; largest process peak RSS {rss:.0f} MiB")
+        for line in text.splitlines()[:2]:
+            print(f"    {line}")
+    if 1 in rtf and len(rtf) > 1:
+        for n in rtf:
+            if n != 1:
+                print(f"speed-up of {n} workers over 1: {rtf[1] / rtf[n]:.2f}x")
+
+    # 2. peak memory against file length
+    base = work / "baseline_10s.wav"
+    write_long(base, 10.0, 22050, seed=99)
+    wall, base_rss, rc, _ = run_cli(["detect", str(base), "-o", str(work / "out_base"), *common])
+    print(f"baseline (10 s file): peak RSS {base_rss:.0f} MiB")
+    for hours in args.long_hours:
+        f = work / f"long_{hours:g}h.wav"
+        if not f.exists():
+            t0 = time.perf_counter()
+            write_long(f, hours * 3600, 22050, seed=int(hours * 10))
+            print(f"wrote a {hours:g} h WAV ({f.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s")
+        out = work / f"out_long_{hours:g}h"
+        shutil.rmtree(out, ignore_errors=True)
+        wall, rss, rc, _ = run_cli(["detect", str(f), "-o", str(out), *common])
+        print(f"{hours:g} h file: peak RSS {rss:.0f} MiB ({rss / base_rss:.2f}x the 10 s baseline), "
+              f"{wall:.0f} s wall, real-time factor {wall / (hours * 3600):.5f} (exit {rc})")
+        if not args.workdir:
+            f.unlink()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,603 @@
+"""Batch detection over many recordings: the per-file work, and the driver that runs it and writes the store.
+
+The per-file work, :func:`detect_file`, is a pure function of (path, detector, window parameters): it streams
+the recording, scatters it chunk by chunk, cuts windows span by span (:mod:`pipeline.segments`), scores them
+in small batches and returns a :class:`~pipeline.store.FileResult`. It never touches the store, and it
+never raises for a bad recording: the failure and its reason are in the result.
+
+The driver, :func:`run_detect`, finds the inputs, resumes or starts a run in the store, skips the files already
+done, runs the per-file work in one of three ways, and alone writes each result to the store, in one
+transaction per file:
+
+* in this process (``workers=1``);
+* on ``workers`` local worker processes (``concurrent.futures`` with the ``spawn`` start method, each worker
+  loading the model once and using one torch thread, so N workers use N cores);
+* on an existing Dask distributed cluster (``scheduler="tcp://host:8786"``): the same function, submitted with
+  a ``distributed.Client``; the model file's bytes are broadcast to the workers once. The recordings must be
+  readable at the same paths on the workers (a shared file system).
+
+``shard=(i, N)`` keeps the files whose path hashes to shard ``i`` of ``N`` (1-based), so N independent jobs
+(e.g. a SLURM array) split a collection without talking to each other; each writes its own store, and
+:func:`pipeline.store.merge_stores` combines them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__
+from .audio import AudioError, stream_audio
+from .config import FeatureConfig
+from .inputs import find_audio
+from .scattering import Scattering
+from .segments import WindowSpec, events_from_windows, iter_windows
+from .store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
+
+#: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
+SCORE_BATCH = 32
+
+
+def default_model_path() -> Path:
+    """The model bundled with the package (``data/default_model.pt``); it may not exist in a bare checkout."""
+    from data.default_model import default_model_path as bundled
+
+    return bundled()
+
+
+NO_MODEL_MESSAGE = (
+    "no model given and no bundled model at {path}.\n"
+    "Train one first (see `scatterbird train --help`), e.g.\n"
+    "    scatterbird train LABELLED_DIR -o model.pt\n"
+    "and pass it with --model model.pt; `python scripts/train_default_model.py` rebuilds the bundled one."
+)
+
+
+class BatchError(RuntimeError):
+    """The batch cannot start (no model, a model without feature configuration, bad shard, no Dask)."""
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Window and event parameters of a detection run.
+
+    Parameters
+    ----------
+    window_s, hop_s : float
+        Window length and hop in seconds (see :mod:`pipeline.segments` for the last-window policy).
+    min_conf : float
+        Windows scoring at least this are merged into events.
+    """
+
+    window_s: float = 10.0
+    hop_s: float = 5.0
+    min_conf: float = 0.5
+
+    def __post_init__(self) -> None:
+        WindowSpec(self.window_s, self.hop_s)  # validates
+        if not 0.0 <= self.min_conf <= 1.0:
+            raise ValueError(f"min-conf must be between 0 and 1, got {self.min_conf}")
+
+    @property
+    def spec(self) -> WindowSpec:
+        return WindowSpec(self.window_s, self.hop_s)
+
+
+# -- the per-file work --------------------------------------------------------------------------------
+_SCATTERING: dict[str, Scattering] = {}
+
+
+def _scattering(config: FeatureConfig) -> Scattering:
+    """One Scattering per configuration and process (its filter banks are cached on it)."""
+    sc = _SCATTERING.get(config.hash)
+    if sc is None:
+        sc = _SCATTERING[config.hash] = Scattering(config)
+    return sc
+
+
+def detect_file(
+    path: str | os.PathLike,
+    detector: Any,
+    params: DetectParams,
+    progress: Callable[[float], None] | None = None,
+) -> FileResult:
+    """Score every window of one recording.
+
+    Parameters
+    ----------
+    path : str or Path
+        The recording.
+    detector : Detector
+        A fitted detector with its ``feature_config``; the features are made with that configuration.
+    params : DetectParams
+    progress : callable, optional
+        Called with the seconds of audio scored so far, after each batch of windows (a long file's progress).
+
+    Returns
+    -------
+    FileResult
+        ``status="done"`` with windows and events, or ``status="failed"`` with the reason. Memory stays
+        bounded whatever the recording's length: audio blocks, scattering chunks and windows stream through.
+    """
+    t0 = time.perf_counter()
+    path = os.path.abspath(os.fspath(path))
+    res = FileResult(path=path, size=None, mtime_ns=None, status="failed")
+    try:
+        st = os.stat(path)  # before reading: a file changed meanwhile is then redone by the next run
+        res.size, res.mtime_ns = int(st.st_size), int(st.st_mtime_ns)
+        config: FeatureConfig = detector.feature_config
+        stream = stream_audio(path, config.sample_rate)
+        res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
+        chunks = _scattering(config).stream(stream)
+        rows: list[tuple[float, float]] = []
+        scores: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+
+        def score() -> None:
+            p = np.asarray(detector.predict_proba(pending), dtype=np.float64).reshape(-1)
+            if p.shape != (len(pending),) or not np.isfinite(p).all():
+                raise ValueError(f"the detector returned {p.shape} scores (finite: {np.isfinite(p).all()}) "
+                                 f"for {len(pending)} windows")
+            scores.append(p)
+            pending.clear()
+            if progress is not None:
+                progress(rows[-1][1])
+
+        for win in iter_windows(chunks, config, params.spec, lambda: stream.samples_out):
+            rows.append((win.start_s, win.end_s))
+            pending.append(win.frames)
+            if len(pending) >= SCORE_BATCH:
+                score()
+        if pending:
+            score()
+        windows = np.column_stack([np.array(rows, dtype=np.float64).reshape(-1, 2), np.concatenate(scores)])
+        res.windows = windows
+        res.events = events_from_windows(windows, params.min_conf)
+        res.duration_s = stream.samples_out / config.sample_rate
+        res.status = "done"
+    except AudioError as exc:
+        res.error = exc.reason
+    except FileNotFoundError:
+        res.error = "file not found"
+    except PermissionError:
+        res.error = "permission denied (file is not readable)"
+    except MemoryError:
+        res.error = "out of memory while processing this file"
+    except Exception as exc:  # one bad file must not stop a batch of thousands; the reason is kept
+        res.error = f"processing error ({type(exc).__name__}: {exc})"
+    if res.status != "done":
+        res.windows = np.zeros((0, 3))
+        res.events = np.zeros((0, 4))
+    res.elapsed_s = time.perf_counter() - t0
+    return res
+
+
+# -- models in worker processes -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelRef:
+    """How a worker gets the model: a path on a shared disk, or the file's bytes; and the module that
+    defines its class (imported first, so that any registered Detector can be loaded)."""
+
+    model_hash: str
+    module: str
+    path: str | None = None
+    data: bytes | None = None
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def _load_ref(ref: ModelRef) -> Any:
+    """The model of ``ref``, loaded once per process."""
+    det = _MODELS.get(ref.model_hash)
+    if det is not None:
+        return det
+    from models.base import load_detector
+
+    if ref.module and ref.module not in sys.modules:
+        importlib.import_module(ref.module)
+    if ref.data is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "model.pt"
+            p.write_bytes(ref.data)
+            det = load_detector(p)
+    else:
+        det = load_detector(ref.path)
+    _MODELS[ref.model_hash] = det
+    return det
+
+
+def _one_thread() -> None:
+    # N workers on N cores: one torch (intra-op) thread each, no oversubscription.
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _worker_init(ref: ModelRef) -> None:
+    _one_thread()
+    _load_ref(ref)
+
+
+def worker_detect(path: str, ref: ModelRef, params: DetectParams) -> FileResult:
+    """The per-file work as a worker runs it: the model from ``ref`` (cached), one torch thread."""
+    _one_thread()
+    return detect_file(path, _load_ref(ref), params)
+
+
+# -- shards -------------------------------------------------------------------------------------------
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` (1 <= i <= N) -> (i, N)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BatchError(f"--shard must look like i/N (e.g. 2/8), got {text!r}") from None
+    if n < 1 or not 1 <= i <= n:
+        raise BatchError(f"--shard {text}: need 1 <= i <= N (shards are numbered from 1)")
+    return i, n
+
+
+def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The shard of a SLURM array task: ``(TASK_ID - TASK_MIN + 1, TASK_COUNT)``, or None outside one."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    task = int(env["SLURM_ARRAY_TASK_ID"])
+    first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    return parse_shard(f"{task - first + 1}/{count}")
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard (1-based) a path belongs to: a stable hash of its absolute path, so every job of an array
+    agrees without sharing a file list, and a file added meanwhile still lands in exactly one shard."""
+    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+@dataclass
+class DetectSummary:
+    """What a call of :func:`run_detect` did."""
+
+    store: Path
+    run: RunInfo
+    resumed: bool
+    notes: list[str] = field(default_factory=list)  # resume / new-run messages
+    files: int = 0  # files in this invocation's inputs (after sharding)
+    done: int = 0  # processed now
+    skipped: int = 0  # already done in the run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this invocation
+    problems: list[tuple[str, str]] = field(default_factory=list)  # input scan problems
+    audio_s: float = 0.0  # audio processed now, seconds
+    wall_s: float = 0.0
+    exported: list[Path] = field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds processed per wall-clock second (x real time); 0 when nothing was processed."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 and self.audio_s > 0 else 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall-clock seconds per audio second (below 1: faster than real time)."""
+        return self.wall_s / self.audio_s if self.audio_s > 0 else float("nan")
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary, for printing."""
+        out = [
+            f"run {self.run.id} ({'resumed' if self.resumed else 'new'}): {self.files} file(s): "
+            f"{self.done} processed, {self.skipped} skipped (already done), {len(self.failed)} failed",
+            f"audio processed: {self.audio_s / 3600:.3f} h in {self.wall_s:.1f} s wall: "
+            + (f"{self.speed:.1f}x real time (real-time factor {self.real_time_factor:.5f})"
+               if self.audio_s > 0 else "no audio processed"),
+            f"store: {self.store}",
+        ]
+        if self.failed:
+            out.append(f"failed files ({len(self.failed)}); `scatterbird failures {self.store.parent}` lists them:")
+            out += [f"  {p}: {r}" for p, r in self.failed[:20]]
+            if len(self.failed) > 20:
+                out.append(f"  ... and {len(self.failed) - 20} more")
+        if self.problems:
+            out.append(f"input problems ({len(self.problems)}):")
+            out += [f"  {p}: {r}" for p, r in self.problems[:20]]
+        return out
+
+
+def _describe_change(old: RunInfo, new: RunParams) -> str:
+    diffs = []
+    if old.model_hash != new.model_hash:
+        diffs.append(f"model {old.model_hash} -> {new.model_hash}")
+    if old.config_hash != new.config_hash:
+        diffs.append(f"feature config {old.config_hash} -> {new.config_hash}")
+    for name in ("window_s", "hop_s", "min_conf"):
+        a, b = getattr(old, name), getattr(new, name)
+        if float(a) != float(b):
+            diffs.append(f"{name.replace('_s', '')} {a:g} -> {b:g}")
+    return ", ".join(diffs) or "parameters changed"
+
+
+def load_model_for_run(model_path: str | os.PathLike | None) -> tuple[Any, Path]:
+    """Load the detector (the bundled one when ``model_path`` is None) and check it carries its config."""
+    from models.base import load_detector
+
+    path = Path(model_path) if model_path is not None else default_model_path()
+    if model_path is None and not path.is_file():
+        raise BatchError(NO_MODEL_MESSAGE.format(path=path))
+    det = load_detector(path)
+    if det.feature_config is None:
+        raise BatchError(f"{path}: the model carries no feature configuration; retrain it with scatterbird train")
+    return det, path
+
+
+def _results_serial(
+    todo: Sequence[str], det: Any, params: DetectParams, progress: Callable[[str, float], None]
+) -> Iterator[FileResult]:
+    for p in todo:
+        yield detect_file(p, det, params, progress=lambda s, p=p: progress(p, s))
+
+
+def _results_local(todo: Sequence[str], ref: ModelRef, params: DetectParams, workers: int) -> Iterator[FileResult]:
+    """Results from local worker processes, as they complete; at most 2 files per worker in flight."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    queue = list(reversed(todo))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(ref,))
+    running: dict[Future, str] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < 2 * workers:
+                p = queue.pop()
+                running[pool.submit(worker_detect, p, ref, params)] = p
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                p = running.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield _crashed(p)
+            if broken:
+                # The pool is unusable; every file in flight is lost with it. Record them (a rerun retries
+                # failed files) and go on with a fresh pool.
+                for fut, p in running.items():
+                    yield _crashed(p)
+                running.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(
+                    max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(ref,)
+                )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _crashed(path: str) -> FileResult:
+    return FileResult(
+        path=path, size=None, mtime_ns=None, status="failed",
+        error="a worker process died while this file was in flight (crash or out of memory); rerun to retry",
+    )
+
+
+def _results_dask(todo: Sequence[str], ref: ModelRef, params: DetectParams, address: str) -> Iterator[FileResult]:
+    """Results from a Dask cluster, as they complete; a bounded number of files in flight."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise BatchError(
+            "--scheduler needs Dask distributed: pip install 'scatterbird[cluster]'"
+        ) from None
+    client = Client(address, set_as_default=False)
+    try:
+        client.wait_for_workers(1, timeout=120)
+        n_threads = max(1, sum(client.nthreads().values()))
+        ref_f = client.scatter(ref, broadcast=True)  # the model travels to each worker once
+        queue = list(reversed(todo))
+        paths: dict[str, str] = {}
+
+        def submit() -> Any:
+            p = queue.pop()
+            fut = client.submit(worker_detect, p, ref_f, params, pure=False)
+            paths[fut.key] = p
+            return fut
+
+        ac = as_completed([submit() for _ in range(min(len(queue), 2 * n_threads))], loop=client.loop)
+        for fut in ac:
+            p = paths.pop(fut.key)
+            try:
+                yield fut.result()
+            except Exception as exc:  # e.g. KilledWorker: the file took workers down with it
+                yield FileResult(path=p, size=None, mtime_ns=None, status="failed",
+                                 error=f"the cluster could not process it ({type(exc).__name__}: {exc})")
+            fut.release()
+            if queue:
+                ac.add(submit())
+    finally:
+        client.close()
+
+
+def run_detect(
+    inputs: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    params: DetectParams = DetectParams(),
+    extensions: Sequence[str] | None = None,
+    force: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
+    shard: tuple[int, int] | None = None,
+    formats: Sequence[str] = (),
+    progress: bool = False,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> DetectSummary:
+    """Detect bird activity in every recording of ``inputs``; results go to ``OUTDIR/scatterbird.sqlite``.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Files, directories (recursive) and ``.txt``/``.lst`` path lists (see :func:`pipeline.inputs.find_audio`).
+    outdir : path
+        Output directory: the store, and the exports.
+    model_path : path, optional
+        A saved Detector; the bundled model when None.
+    params : DetectParams
+    extensions : sequence of str, optional
+        Extensions to look for in directories.
+    force : bool
+        Redo every file, even those already done in this run.
+    workers : int
+        Local worker processes; 1 runs in this process.
+    scheduler : str, optional
+        Address of a Dask scheduler; the work goes to its workers (``workers`` is then ignored).
+    shard : (int, int), optional
+        Process only shard ``i`` of ``N`` into ``OUTDIR/scatterbird.shard-i-of-N.sqlite``.
+    formats : sequence of str
+        Exports written at the end (see :mod:`pipeline.exports`); none for a shard.
+    progress : bool
+        Show a progress bar (stderr).
+    log : callable
+        Receives the resume / new-run notes as they happen.
+
+    Returns
+    -------
+    DetectSummary
+    """
+    from tqdm import tqdm
+
+    from .audio import audio_info
+
+    t0 = time.perf_counter()
+    if workers < 1:
+        raise BatchError(f"--workers must be >= 1, got {workers}")
+    det, mpath = load_model_for_run(model_path)
+    config: FeatureConfig = det.feature_config
+    run_params = RunParams(
+        model_hash=det.model_hash, model_kind=det.kind, model_path=str(mpath.resolve()),
+        config_json=config.to_json(), config_hash=config.hash,
+        window_s=float(params.window_s), hop_s=float(params.hop_s), min_conf=float(params.min_conf),
+    )
+
+    scan = find_audio([os.fspath(i) for i in inputs], extensions)
+    if not scan.files:
+        detail = "; ".join(f"{p}: {r}" for p, r in scan.problems[:5])
+        raise BatchError("no audio files found in the given inputs" + (f" ({detail})" if detail else ""))
+    files = [os.path.abspath(f) for f in scan.files]
+    if shard is not None:
+        files = [f for f in files if shard_of(f, shard[1]) == shard[0]]
+    out = Path(outdir)
+    store_path = out / (shard_store_name(*shard) if shard else STORE_NAME)
+    invocation = {
+        "inputs": [os.fspath(i) for i in inputs], "extensions": list(extensions or []), "force": force,
+        "workers": workers, "scheduler": scheduler, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "argv": sys.argv,
+    }
+    with ResultsStore(store_path, writer=True) as store:
+        previous = store.run() if store.runs() else None
+        run, resumed = store.open_run(
+            run_params, package_version=__version__, invocation=invocation,
+            shard=f"{shard[0]}/{shard[1]}" if shard else None,
+        )
+        summary = DetectSummary(store=store_path, run=run, resumed=resumed, files=len(files),
+                                problems=list(scan.problems))
+        done = {} if force else store.done_files(run.id)
+        todo: list[str] = []
+        for f in files:
+            try:
+                st = os.stat(f)
+                key = (int(st.st_size), int(st.st_mtime_ns))
+            except OSError:
+                key = None
+            if key is not None and done.get(f) == key:
+                summary.skipped += 1
+            else:
+                todo.append(f)
+        if resumed:
+            note = f"resuming run {run.id}: {summary.skipped} of {len(files)} file(s) already done"
+            if force:
+                note = f"run {run.id}: --force, redoing all {len(files)} file(s)"
+        elif previous is not None:
+            note = (f"model or configuration changed since run {previous.id} "
+                    f"({_describe_change(previous, run_params)}): "
+                    f"starting new run {run.id}; the earlier run's results stay in the store, separate")
+        else:
+            note = f"new run {run.id} in {store_path}"
+        summary.notes.append(note)
+        log(note)
+        # Failures of files that are gone (removed or moved by the user since) are no longer news.
+        wanted = set(files)
+        gone = [f["path"] for f in store.files(run.id)
+                if f["status"] == "failed" and f["path"] not in wanted and not os.path.exists(f["path"])]
+        if gone and store.forget_files(run.id, gone):
+            note = f"run {run.id}: forgot {len(gone)} failure(s) of files that no longer exist"
+            summary.notes.append(note)
+            log(note)
+        store.set_problems(run.id, scan.problems)
+
+        durations = {}
+        for f in todo:  # headers only: the progress bar's total in hours of audio
+            try:
+                durations[f] = audio_info(f).duration
+            except Exception:
+                durations[f] = 0.0
+        total_h = sum(durations.values()) / 3600
+        bar = tqdm(total=total_h, unit="h", desc="detect", disable=not progress,
+                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]")
+        bar.set_postfix_str(f"files 0/{len(todo)}")
+
+        if not todo:
+            results: Iterator[FileResult] = iter(())
+        elif scheduler:
+            ref = ModelRef(det.model_hash, type(det).__module__, data=mpath.read_bytes())
+            results = _results_dask(todo, ref, params, scheduler)
+        elif workers > 1:
+            ref = ModelRef(det.model_hash, type(det).__module__, path=str(mpath.resolve()))
+            results = _results_local(todo, ref, params, workers)
+        else:
+            results = _results_serial(todo, det, params, lambda p, s: advance(p, s / 3600))
+        shown: dict[str, float] = {}  # hours of each file already shown on the bar
+
+        def advance(path: str, hours: float) -> None:
+            step = hours - shown.get(path, 0.0)
+            if step > 0:
+                shown[path] = hours
+                bar.update(step)
+
+        n_seen = 0
+        try:
+            for res in results:
+                store.write_file(run.id, res)  # the driver alone writes; one transaction per file
+                n_seen += 1
+                if res.status == "done":
+                    summary.done += 1
+                    summary.audio_s += res.duration_s or 0.0
+                else:
+                    summary.failed.append((res.path, res.error or "unknown error"))
+                advance(res.path, durations.get(res.path, 0.0) / 3600)
+                bar.set_postfix_str(f"files {n_seen}/{len(todo)}, failed {len(summary.failed)}")
+        finally:
+            bar.close()
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # shut worker pools / cluster clients down, also on Ctrl-C
+        store.finish_run(run.id)
+        summary.run = store.run(run.id)
+        if formats and shard is None:
+            from .exports import export_run
+
+            summary.exported = export_run(store, run.id, out, formats)
+    summary.wall_s = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,356 @@
+"""Batch detection end to end (in this process, and on local worker processes), against known answers:
+synthetic recordings with known bird events, scored by an easy detector trained here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline import batch
+from pipeline.batch import (
+    BatchError,
+    DetectParams,
+    detect_file,
+    parse_shard,
+    run_detect,
+    shard_from_env,
+    shard_of,
+)
+from pipeline.exports import RAVEN_COLUMNS, export_names, export_run
+from pipeline.scattering import Scattering
+from pipeline.segments import frame_range, plan_windows
+from pipeline.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
+from tests.simple_detector import FAST_CONFIG, SimpleDetector, train_simple_detector, write_recordings
+
+PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
+SR = FAST_CONFIG.sample_rate
+
+#: (relative path, duration s, has a bird call): WAV and FLAC, nested folders, a file shorter than a window,
+#: lengths that are and are not on the hop grid.
+SPECS = [
+    ("site1/bird_a.wav", 12.0, True),
+    ("site1/quiet_a.wav", 9.5, False),
+    ("site2/bird_b.flac", 20.3, True),
+    ("site2/deep/quiet_b.flac", 1.3, False),
+    ("bird_c.wav", 7.0, True),
+    ("quiet_c.flac", 6.0, False),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "simple.pt"
+    train_simple_detector(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("recordings")
+    return folder, write_recordings(folder, SPECS)
+
+
+@pytest.fixture(scope="module")
+def reference(model, recordings, tmp_path_factory):
+    """One uninterrupted serial run over the recordings."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_detect([recordings[0]], out, model_path=model, params=PARAMS, formats=["all"])
+    return out, summary
+
+
+def rows(outdir: Path, store_name: str = STORE_NAME):
+    """(files, windows, events) of the latest run, without ids and timings."""
+    with ResultsStore(outdir / store_name) as st:
+        run = st.run()
+        files = [(f["path"], f["status"], f["size"], f["mtime_ns"], f["duration_s"], f["n_windows"])
+                 for f in st.files(run.id)]
+        return files, st.windows(run.id), st.events(run.id)
+
+
+def assert_same_rows(a, b, atol=0.0):
+    fa, wa, ea = a
+    fb, wb, eb = b
+    assert fa == fb
+    assert [w[:3] for w in wa] == [w[:3] for w in wb]
+    np.testing.assert_allclose([w[3] for w in wa], [w[3] for w in wb], rtol=0, atol=atol)
+    assert [e[:3] + e[4:] for e in ea] == [e[:3] + e[4:] for e in eb]  # events: same bounds and peaks
+    np.testing.assert_allclose([e[3] for e in ea], [e[3] for e in eb], rtol=0, atol=atol)
+
+
+# -- known answers ------------------------------------------------------------------------------------
+def test_events_are_found_where_the_birds_are(reference, recordings):
+    out, summary = reference
+    _, truth = recordings
+    assert summary.done == len(SPECS) and not summary.failed and summary.skipped == 0
+    _, _, events = rows(out)
+    found: dict[str, list] = {}
+    for p, a, b, peak, t in events:
+        found.setdefault(p, []).append((a, b, peak, t))
+        assert peak >= PARAMS.min_conf and a <= t <= b
+    for path, true_events in truth.items():
+        got = found.get(path, [])
+        if not true_events:
+            assert got == [], f"false detection in {path}: {got}"
+            continue
+        for ev in true_events:  # every call is inside a detected event ...
+            assert any(a <= ev.start and ev.end <= b for a, b, _, _ in got), (path, ev, got)
+        for a, b, _, _ in got:  # ... and every detected event holds a call
+            assert any(a < ev.end and ev.start < b for ev in true_events), (path, a, b, true_events)
+
+
+def test_windows_cover_each_file_exactly(reference):
+    out, _ = reference
+    files, windows, _ = rows(out)
+    by_file: dict[str, list] = {}
+    for p, a, b, s in windows:
+        by_file.setdefault(p, []).append((a, b))
+        assert 0.0 <= s <= 1.0
+    durations = {Path(rel).name: d for rel, d, _ in SPECS}
+    for path, status, _, _, duration, n_windows in files:
+        assert status == "done"
+        assert duration == durations[Path(path).name]  # 8 kHz files: no resampling, exact
+        expected = [(a / SR, b / SR) for a, b in plan_windows(round(duration * SR), SR, PARAMS.spec)]
+        assert by_file[path] == expected and n_windows == len(expected)
+        assert expected[0][0] == 0.0 and expected[-1][1] == duration
+
+
+def test_a_long_file_streams_span_by_span_with_the_scores_of_the_whole(model, tmp_path):
+    # 40 s at 8 kHz is 3 FFT chunks of the streaming front end (16 s each): windows straddle chunk borders.
+    rng = np.random.default_rng(5)
+    x = (0.05 * rng.standard_normal(SR * 40)).astype(np.float32)
+    sf.write(tmp_path / "long.wav", x, SR, subtype="FLOAT")
+    det = batch.load_model_for_run(model)[0]
+    res = detect_file(tmp_path / "long.wav", det, PARAMS)
+    assert res.status == "done" and res.duration_s == 40.0
+    whole = Scattering(FAST_CONFIG).whole(x).S
+    bounds = plan_windows(x.size, SR, PARAMS.spec)
+    seqs = [whole[:, slice(*frame_range(a, b, FAST_CONFIG.hop_samples))].T for a, b in bounds]
+    np.testing.assert_allclose(res.windows[:, :2], np.array(bounds) / SR)
+    np.testing.assert_allclose(res.windows[:, 2], det.predict_proba(seqs), atol=1e-5)
+
+
+# -- exports ------------------------------------------------------------------------------------------
+def test_exports_parse_back_to_the_store_rows(reference):
+    out, summary = reference
+    with ResultsStore(out / STORE_NAME) as st:
+        run = st.run()
+        windows, events, files = st.windows(run.id), st.events(run.id), st.files(run.id)
+    prov = [str(run.id), run.model_hash, run.config_hash]
+    with open(out / "windows.csv", newline="") as f:
+        r = list(csv.reader(f))
+    assert r[0] == ["file", "start_s", "end_s", "score", "run_id", "model_hash", "config_hash"]
+    assert [(x[0], float(x[1]), float(x[2]), float(x[3])) for x in r[1:]] == windows
+    assert all(x[4:] == prov for x in r[1:])
+    with open(out / "detections.csv", newline="") as f:
+        r = list(csv.reader(f))
+    assert r[0][:5] == ["file", "start_s", "end_s", "score", "peak_s"]
+    assert [(x[0], *map(float, x[1:5])) for x in r[1:]] == events
+    assert events, "the recordings hold birds: there must be detections"
+
+    names = export_names(f["path"] for f in files)
+    raven_rows, label_rows = [], []
+    for f in files:
+        with open(out / "raven" / f"{names[f['path']]}.selections.txt", newline="") as fh:
+            table = list(csv.DictReader(fh, delimiter="\t"))
+        with open(fh.name, newline="") as fh:
+            assert next(csv.reader(fh, delimiter="\t")) == list(RAVEN_COLUMNS)
+        for i, row in enumerate(table, start=1):
+            assert int(row["Selection"]) == i and row["View"] == "Spectrogram 1" and row["Channel"] == "1"
+            assert row["Begin Path"] == f["path"] and float(row["Low Freq (Hz)"]) == 0.0
+            assert float(row["High Freq (Hz)"]) == SR / 2
+            raven_rows.append((row["Begin Path"], float(row["Begin Time (s)"]), float(row["End Time (s)"]),
+                               float(row["Score"]), float(row["Peak Time (s)"])))
+        for line in (out / "audacity" / f"{names[f['path']]}.labels.txt").read_text().splitlines():
+            a, b, label = line.split("\t")
+            assert label.startswith("bird p=")
+            label_rows.append((f["path"], float(a), float(b), float(label[len("bird p="):])))
+    assert sorted(raven_rows) == sorted(events)
+    assert sorted(label_rows) == sorted(e[:4] for e in events)
+
+    doc = json.loads((out / "detections.json").read_text())
+    assert doc["run"]["model_hash"] == run.model_hash and doc["run"]["config_hash"] == run.config_hash
+    assert doc["run"]["feature_config"] == FAST_CONFIG.to_dict()
+    assert doc["run"]["package_version"] and doc["run"]["finished_at"]
+    assert [(f["path"], *w) for f in doc["files"] for w in f["windows"]] == [tuple(w) for w in windows]
+    assert [(f["path"], e["start_s"], e["end_s"], e["score"], e["peak_s"]) for f in doc["files"]
+            for e in f["events"]] == events
+    assert summary.exported and all(p.is_file() for p in summary.exported)
+
+
+def test_export_names_are_flat_and_distinct():
+    names = export_names(["/d/a/x.wav", "/d/b/x.wav", "/d/b/x.flac", "/d/y.wav"])
+    assert names == {"/d/a/x.wav": "a__x_wav", "/d/b/x.wav": "b__x_wav", "/d/b/x.flac": "b__x_flac",
+                     "/d/y.wav": "y_wav"}
+    assert export_names(["/only/one.wav"]) == {"/only/one.wav": "one_wav"}
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_bad_files_are_recorded_with_their_reason_and_the_run_goes_on(model, tmp_path):
+    d = tmp_path / "mixed"
+    truth = write_recordings(d, [("good1.wav", 4.0, True), ("sub/good2.flac", 3.0, False)])
+    x = np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32) * 0.1
+    (d / "empty.wav").write_bytes(b"")
+    sf.write(d / "zero_length.wav", np.zeros(0, np.float32), SR)
+    full = d / "full.wav"
+    sf.write(full, x, SR, subtype="PCM_16")
+    data = full.read_bytes()
+    (d / "truncated.wav").write_bytes(data[: len(data) // 2])
+    full.unlink()
+    (d / "wrong_extension.wav").write_text("these are field notes, not audio\n" * 40)
+    y = x.copy()
+    y[4000] = np.nan
+    sf.write(d / "nan.wav", y, SR, subtype="FLOAT")
+    sf.write(d / "flac_named.wav", x, SR, format="FLAC")  # content decides: decoded fine
+    (d / "notes.txt").write_text("not picked up: not an audio extension")
+    summary = run_detect([d], tmp_path / "out", model_path=model, params=PARAMS)
+    failed = dict(summary.failed)
+    assert summary.done == 3 and summary.files == 8
+    reasons = {Path(p).name: r for p, r in failed.items()}
+    assert set(reasons) == {"empty.wav", "zero_length.wav", "truncated.wav", "wrong_extension.wav", "nan.wav"}
+    assert "empty file" in reasons["empty.wav"]
+    assert "zero samples" in reasons["zero_length.wav"]
+    assert "truncated" in reasons["truncated.wav"]
+    assert "unrecognised audio format" in reasons["wrong_extension.wav"]
+    assert "NaN sample at 0.5" in reasons["nan.wav"]
+    files, windows, _ = rows(tmp_path / "out")
+    done = {p for p, status, *_ in files if status == "done"}
+    assert done == set(truth) | {str(d / "flac_named.wav")}
+    with ResultsStore(tmp_path / "out" / STORE_NAME) as st:
+        assert dict(st.failures(st.run().id)) == failed
+    # a rerun retries the failures (they may have been fixed) and skips the good files
+    again = run_detect([d], tmp_path / "out", model_path=model, params=PARAMS)
+    assert again.skipped == 3 and again.done == 0 and len(again.failed) == 5
+
+
+def test_input_problems_are_reported_not_fatal(model, tmp_path):
+    d = tmp_path / "tree"
+    write_recordings(d, [("a.wav", 3.0, False)])
+    (d / "loop").symlink_to(d)
+    summary = run_detect([d, tmp_path / "missing_dir"], tmp_path / "out", model_path=model, params=PARAMS)
+    assert summary.done == 1
+    reasons = " | ".join(r for _, r in summary.problems)
+    assert "symlink loop" in reasons and "not found" in reasons
+    with ResultsStore(tmp_path / "out" / STORE_NAME) as st:
+        assert len(st.failures(st.run().id)) == len(summary.problems)
+
+
+# -- resume, force, new runs --------------------------------------------------------------------------
+def test_resume_skips_done_files_and_redoes_changed_ones(model, recordings, reference, tmp_path):
+    folder, _ = recordings
+    out = tmp_path / "out"
+    first = run_detect([folder], out, model_path=model, params=PARAMS)
+    assert first.done == len(SPECS) and not first.resumed
+    again = run_detect([folder], out, model_path=model, params=PARAMS)
+    assert again.resumed and again.skipped == len(SPECS) and again.done == 0 and again.run.id == first.run.id
+    assert "resuming run 1" in again.notes[0]
+    # a file edited since (new mtime) is redone; the others are not
+    target = folder / "site1" / "quiet_a.wav"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        third = run_detect([folder], out, model_path=model, params=PARAMS)
+        assert third.done == 1 and third.skipped == len(SPECS) - 1
+        forced = run_detect([folder], out, model_path=model, params=PARAMS, force=True)
+        assert forced.done == len(SPECS) and forced.skipped == 0 and forced.run.id == first.run.id
+        files, windows, events = rows(out)
+        ref_files, ref_windows, ref_events = rows(reference[0])
+        assert windows == ref_windows and events == ref_events  # nothing doubled
+        assert [f[0] for f in files] == [f[0] for f in ref_files]
+    finally:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_another_model_starts_a_new_run_and_says_so(model, recordings, tmp_path):
+    folder, _ = recordings
+    out = tmp_path / "out"
+    first = run_detect([folder], out, model_path=model, params=PARAMS, formats=["csv"])
+    other_model = tmp_path / "other.pt"
+    other = train_simple_detector(other_model, seed=7, C=0.1)
+    notes: list[str] = []
+    second = run_detect([folder], out, model_path=other_model, params=PARAMS, formats=["csv"], log=notes.append)
+    assert not second.resumed and second.run.id == first.run.id + 1 and second.done == len(SPECS)
+    assert notes and f"model {first.run.model_hash} -> {other.model_hash}" in notes[0]
+    assert "starting new run 2" in notes[0]
+    with ResultsStore(out / STORE_NAME) as st:
+        assert len(st.windows(1)) == len(st.windows(2))  # run 1 intact, run 2 separate
+        assert {w[3] for w in st.windows(1)}.isdisjoint({w[3] for w in st.windows(2)})
+    with open(out / "windows.csv", newline="") as f:
+        assert {r["model_hash"] for r in csv.DictReader(f)} == {other.model_hash}
+    # another window is another configuration: a new run too
+    notes.clear()
+    third = run_detect([folder], out, model_path=other_model, params=DetectParams(3.0, 1.5, 0.5), log=notes.append)
+    assert third.run.id == 3 and "window 2 -> 3" in notes[0] and "hop 1 -> 1.5" in notes[0]
+
+
+# -- parallel modes -----------------------------------------------------------------------------------
+def test_three_shards_merged_give_the_rows_of_one_run(model, recordings, reference, tmp_path):
+    folder, _ = recordings
+    out = tmp_path / "sharded"
+    counts = []
+    for i in (1, 2, 3):
+        s = run_detect([folder], out, model_path=model, params=PARAMS, shard=(i, 3), formats=["csv"])
+        counts.append(s.files)
+        assert (out / shard_store_name(i, 3)).is_file() and s.run.shard == f"{i}/3"
+        assert not s.exported  # shards export nothing; the merge does
+    assert sum(counts) == len(SPECS)
+    report = merge_stores(out / STORE_NAME, sorted(out.glob("scatterbird.shard-*.sqlite")))
+    assert report.copied == len(SPECS) and len(report.runs) == 1
+    assert_same_rows(rows(out), rows(reference[0]))
+    with ResultsStore(out / STORE_NAME) as st:
+        assert st.run().finished_at is not None
+
+
+def test_local_worker_processes_give_the_rows_of_the_serial_run(model, recordings, reference, tmp_path):
+    folder, _ = recordings
+    summary = run_detect([folder], tmp_path / "out", model_path=model, params=PARAMS, workers=2)
+    assert summary.done == len(SPECS) and not summary.failed
+    assert_same_rows(rows(tmp_path / "out"), rows(reference[0]), atol=1e-6)
+
+
+def test_shards_are_deterministic_and_from_slurm():
+    assert parse_shard("2/8") == (2, 8)
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        with pytest.raises(BatchError):
+            parse_shard(bad)
+    assert shard_from_env({}) is None
+    env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert shard_from_env(env) == (3, 4)
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (1, 2)
+    paths = [f"/data/rec{i:03d}.wav" for i in range(300)]
+    shards = [shard_of(p, 3) for p in paths]
+    assert shards == [shard_of(p, 3) for p in paths] and set(shards) == {1, 2, 3}
+    assert min(shards.count(k) for k in (1, 2, 3)) > 70  # roughly even
+
+
+# -- starting -----------------------------------------------------------------------------------------
+def test_without_a_model_the_message_says_how_to_train_one(monkeypatch, tmp_path, recordings):
+    monkeypatch.setattr(batch, "default_model_path", lambda: tmp_path / "none.pt")
+    with pytest.raises(BatchError, match="scatterbird train"):
+        run_detect([recordings[0]], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_feature_config_is_refused(tmp_path, recordings):
+    det = SimpleDetector()
+    det.fit([np.zeros((3, 2)), np.ones((3, 2))], [0, 1])
+    det.save(tmp_path / "bare.pt")
+    with pytest.raises(BatchError, match="no feature configuration"):
+        run_detect([recordings[0]], tmp_path / "out", model_path=tmp_path / "bare.pt")
+
+
+def test_no_inputs_found_is_an_error(model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BatchError, match="no audio files found"):
+        run_detect([tmp_path / "empty"], tmp_path / "out", model_path=model)
+
+
+def test_export_run_rejects_unknown_formats(reference):
+    with ResultsStore(reference[0] / STORE_NAME) as st:
+        with pytest.raises(ValueError, match="unknown export format"):
+            export_run(st, 1, reference[0], ["csv", "xls"])

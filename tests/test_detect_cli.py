@@ -1,0 +1,264 @@
+"""`scatterbird detect / export / failures / merge` as a user runs them: real processes killed with SIGKILL
+and resumed, a real Dask scheduler with two workers on 127.0.0.1, and the commands' output and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import cli
+from pipeline import batch
+from pipeline.batch import DetectParams, run_detect
+from pipeline.store import STORE_NAME, ResultsStore
+from tests.simple_detector import train_simple_detector, write_recordings
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
+DETECT_OPTS = ["--window", "2", "--hop", "1", "--min-conf", "0.5", "-q"]
+#: Runs the real CLI in a fresh interpreter; the test detector's module is imported so its kind is known.
+CLI = [sys.executable, "-c", "import sys, tests.simple_detector, cli; sys.exit(cli.main(sys.argv[1:]))"]
+N_FILES = 10
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "simple.pt"
+    train_simple_detector(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("recs")
+    specs = [(f"{'wav' if i % 2 else 'flac'}/r{i:02d}.{'wav' if i % 2 else 'flac'}", 12.0 + i, i % 3 == 0)
+             for i in range(N_FILES)]
+    write_recordings(folder, specs)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(model, recordings, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    s = run_detect([recordings], out, model_path=model, params=PARAMS, formats=["csv"])
+    assert s.done == N_FILES and not s.failed
+    return out
+
+
+def rows(outdir: Path):
+    with ResultsStore(outdir / STORE_NAME) as st:
+        run = st.run()
+        files = [(f["path"], f["status"], f["size"], f["mtime_ns"], f["duration_s"], f["n_windows"])
+                 for f in st.files(run.id)]
+        return files, st.windows(run.id), st.events(run.id)
+
+
+def assert_same_rows(a, b, atol=1e-6):
+    (fa, wa, ea), (fb, wb, eb) = a, b
+    assert fa == fb
+    assert [w[:3] for w in wa] == [w[:3] for w in wb]
+    np.testing.assert_allclose([w[3] for w in wa], [w[3] for w in wb], rtol=0, atol=atol)
+    assert [(e[0], e[1], e[2], e[4]) for e in ea] == [(e[0], e[1], e[2], e[4]) for e in eb]
+    np.testing.assert_allclose([e[3] for e in ea], [e[3] for e in eb], rtol=0, atol=atol)
+
+
+def _done_count(db: Path) -> int:
+    """Files committed as done, read the way any other reader would (-1 while there is no run yet)."""
+    if not db.exists():
+        return -1
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
+        try:
+            if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0:
+                return -1
+            return int(con.execute("SELECT COUNT(*) FROM files WHERE status = 'done'").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:  # schema not created yet, or the writer holds the lock this instant
+        return -1
+
+
+def _wait_for(proc: subprocess.Popen, condition, what: str, limit_s: float = 300.0) -> None:
+    """Poll ``condition`` while ``proc`` runs; the child's own exit wait is the polling interval."""
+    for _ in range(int(limit_s / 0.005)):
+        if condition():
+            return
+        try:
+            proc.wait(timeout=0.005)
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}")
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- kill and resume ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kill_after", [0, 1, 4, 8])
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_rows(
+    kill_after, model, recordings, reference, tmp_path
+):
+    out = tmp_path / "out"
+    db = out / STORE_NAME
+    proc = subprocess.Popen(
+        [*CLI, "detect", str(recordings), "-o", str(out), "--model", str(model), *DETECT_OPTS, "--format", "csv"],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(proc, lambda: _done_count(db) >= kill_after, f"{kill_after} file(s) were committed")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    committed = _done_count(db)
+    assert kill_after <= committed < N_FILES, "killed part-way, not after the end"
+    with ResultsStore(db) as st:
+        assert st.run().finished_at is None  # the pass did not complete
+
+    # the rerun picks up where the killed one stopped
+    resumed = run_detect([recordings], out, model_path=model, params=PARAMS, formats=["csv"])
+    assert resumed.resumed and resumed.run.id == 1
+    assert resumed.skipped == committed and resumed.done == N_FILES - committed and not resumed.failed
+    assert_same_rows(rows(out), rows(reference))  # nothing lost, nothing doubled
+    with ResultsStore(db) as st:
+        dup = st.db.execute(
+            "SELECT COUNT(*) FROM (SELECT file_id, start_s, COUNT(*) c FROM windows GROUP BY file_id, start_s "
+            "HAVING c > 1)"
+        ).fetchone()[0]
+        assert dup == 0 and st.run().finished_at is not None and st.run().invocations == 2
+    with open(out / "windows.csv", newline="") as a, open(reference / "windows.csv", newline="") as b:
+        ra, rb = list(csv.reader(a)), list(csv.reader(b))
+        assert [r[:3] for r in ra] == [r[:3] for r in rb] and len(ra) == len(rb)
+
+
+# -- Dask -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    dask = [sys.executable, "-m", "dask"]
+    sched_file = tmp_path / "scheduler.json"
+    logs = []
+    procs: list[subprocess.Popen] = []
+
+    def start(args, name):
+        log = open(tmp_path / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen([*dask, *args], cwd=tmp_path, env=_env(), stdout=log, stderr=log))
+        return procs[-1]
+
+    try:
+        sched = start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                       "--scheduler-file", str(sched_file)], "scheduler")
+        _wait_for(sched, lambda: sched_file.exists() and sched_file.stat().st_size > 0, "the scheduler started",
+                  120)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            start(["worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                   "--no-dashboard", "--name", f"w{i}", "--local-directory", str(tmp_path / f"w{i}")], f"worker{i}")
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=180)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+
+def test_a_dask_cluster_gives_the_rows_of_the_serial_run(dask_cluster, model, tmp_path):
+    from distributed import Client
+
+    folder = tmp_path / "recs"
+    write_recordings(folder, [(f"r{i}.{'wav' if i % 2 else 'flac'}", 5.0 + i, i % 2 == 0) for i in range(6)])
+    serial = run_detect([folder], tmp_path / "serial", model_path=model, params=PARAMS)
+    summary = run_detect([folder], tmp_path / "out", model_path=model, params=PARAMS, scheduler=dask_cluster)
+    assert summary.done == serial.done == 6 and not summary.failed
+    assert_same_rows(rows(tmp_path / "out"), rows(tmp_path / "serial"))
+    with Client(dask_cluster) as client:  # the work ran on the workers: they hold the model now
+        loaded = client.run(lambda: len(__import__("pipeline.batch").batch._MODELS))
+    assert len(loaded) == 2 and sum(loaded.values()) >= 1
+
+
+# -- the commands -----------------------------------------------------------------------------------------
+def test_detect_failures_export_and_exit_codes(model, tmp_path, capsys):
+    d = tmp_path / "in"
+    write_recordings(d, [("good.wav", 3.0, True), ("also_good.flac", 2.5, False)])
+    (d / "broken.wav").write_text("not audio at all\n" * 20)
+    sf.write(d / "silent_header.wav", np.zeros(0, np.float32), 8000)
+    out = tmp_path / "out"
+    rc = cli.main(["detect", str(d), "-o", str(out), "--model", str(model), *DETECT_OPTS, "--format", "csv,json"])
+    text = capsys.readouterr()
+    assert rc == cli.EXIT_SOME_FAILED
+    assert "2 processed, 0 skipped (already done), 2 failed" in text.out
+    assert "real-time factor" in text.out and "broken.wav" in text.out
+    assert (out / "windows.csv").is_file() and (out / "detections.json").is_file()
+
+    assert cli.main(["failures", str(out)]) == cli.EXIT_SOME_FAILED
+    listed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    assert {Path(p).name for p in listed} == {"broken.wav", "silent_header.wav"}
+    assert "unrecognised audio format" in listed[str(d / "broken.wav")]
+
+    assert cli.main(["export", str(out), "--format", "raven,audacity", "--to", str(tmp_path / "ex")]) == cli.EXIT_OK
+    assert "run 1" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "ex" / "raven").iterdir()) == [
+        "also_good_flac.selections.txt", "good_wav.selections.txt"]
+    assert len(list((tmp_path / "ex" / "audacity").iterdir())) == 2
+
+    # all good: exit 0; resumed: nothing redone
+    (d / "broken.wav").unlink()
+    (d / "silent_header.wav").unlink()
+    assert cli.main(["detect", str(d), "-o", str(out), "--model", str(model), *DETECT_OPTS]) == cli.EXIT_OK
+    assert "0 processed, 2 skipped" in capsys.readouterr().out
+    assert cli.main(["failures", str(out)]) == cli.EXIT_OK
+
+
+def test_detect_usage_errors_exit_2(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(batch, "default_model_path", lambda: tmp_path / "no_model.pt")
+    d = tmp_path / "in"
+    write_recordings(d, [("a.wav", 2.0, False)])
+    assert cli.main(["detect", str(d), "-o", str(tmp_path / "o")]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no model given" in err and "scatterbird train" in err
+    bad = [["--hop", "3", "--window", "2"], ["--shard", "4/3"], ["--format", "xls"], ["--min-conf", "2"]]
+    for opts in bad:
+        assert cli.main(["detect", str(d), "-o", str(tmp_path / "o"), "--model", str(model), *opts]) == 2, opts
+    assert cli.main(["failures", str(tmp_path / "nowhere")]) == cli.EXIT_USAGE
+    assert "no results store" in capsys.readouterr().err
+
+
+def test_shards_from_slurm_and_the_merge_command(model, recordings, reference, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    for task in (1, 2, 3):  # an --array=1-3 job: each task finds its shard in the environment
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+        monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+        assert cli.main(["detect", str(recordings), "-o", str(out), "--model", str(model), *DETECT_OPTS]) == 0
+    assert sorted(p.name for p in out.glob("*.sqlite")) == [f"scatterbird.shard-{i}-of-3.sqlite" for i in (1, 2, 3)]
+    assert cli.main(["merge", str(out), "--format", "csv"]) == 0
+    assert f"{N_FILES} file result(s) copied" in capsys.readouterr().out
+    assert_same_rows(rows(out), rows(reference))
+    with open(out / "windows.csv", newline="") as a, open(reference / "windows.csv", newline="") as b:
+        assert [r[:3] for r in csv.reader(a)] == [r[:3] for r in csv.reader(b)]
