@@ -38,9 +38,12 @@ class FeatureConfigMismatch(DetectorError):
 
 
 def check_sequences(
-    sequences: Sequence[np.ndarray], n_channels: int | None = None, name: str = "sequences"
+    sequences: Sequence[np.ndarray],
+    n_channels: int | None = None,
+    name: str = "sequences",
+    dtype: type = np.float32,
 ) -> list[np.ndarray]:
-    """Validate and convert a list of (n_frames, n_channels) arrays to float32.
+    """Validate and convert a list of (n_frames, n_channels) arrays (to float32 unless ``dtype`` says).
 
     Parameters
     ----------
@@ -50,10 +53,12 @@ def check_sequences(
         Required channel count (the fitted one).
     name : str
         Used in error messages.
+    dtype : numpy dtype
+        Element type of the returned arrays (the RNTK keeps float64).
 
     Returns
     -------
-    list of ndarray, float32
+    list of ndarray
 
     Raises
     ------
@@ -64,7 +69,7 @@ def check_sequences(
         raise DetectorError(f"{name}: no sequences given")
     out = []
     for i, s in enumerate(sequences):
-        a = np.asarray(s, dtype=np.float32)
+        a = np.asarray(s, dtype=dtype)
         if a.ndim != 2:
             raise DetectorError(f"{name}[{i}]: expected shape (n_frames, n_channels), got {a.shape}")
         if a.shape[0] == 0 or a.shape[1] == 0:
@@ -77,7 +82,8 @@ def check_sequences(
         raise DetectorError(f"{name}: sequences have different channel counts {sorted(chans)}")
     if n_channels is not None and out[0].shape[1] != n_channels:
         raise DetectorError(
-            f"{name}: sequences have {out[0].shape[1]} channels but the detector was fitted on {n_channels}"
+            f"{name}: sequences have {out[0].shape[1]} channels but {n_channels} are expected "
+            "(the channel count the detector was fitted on)"
         )
     return out
 

@@ -135,24 +135,7 @@ def as_sequences(
         On an empty list, a non-2-D or empty sequence, mismatched channel counts, or NaN/inf values;
         the message names the offending sequence.
     """
-    if sequences is None or len(sequences) == 0:
-        raise DetectorError(f"{name}: no sequences given")
-    out = []
-    for i, s in enumerate(sequences):
-        a = np.asarray(s, dtype=np.float64)
-        if a.ndim != 2:
-            raise DetectorError(f"{name}[{i}]: expected shape (n_steps, n_channels), got {a.shape}")
-        if a.shape[0] == 0 or a.shape[1] == 0:
-            raise DetectorError(f"{name}[{i}]: empty sequence, shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise DetectorError(f"{name}[{i}]: contains NaN or infinite values")
-        out.append(a)
-    chans = sorted({a.shape[1] for a in out})
-    if len(chans) > 1:
-        raise DetectorError(f"{name}: sequences have different channel counts {chans}")
-    if n_channels is not None and chans[0] != n_channels:
-        raise DetectorError(f"{name}: sequences have {chans[0]} channels but {n_channels} are expected")
-    return out
+    return check_sequences(sequences, n_channels, name, dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------------------
