@@ -553,7 +553,8 @@ def run_detect(
                 durations[f] = audio_info(f).duration
             except Exception:
                 durations[f] = 0.0
-        total_h = sum(durations.values()) / 3600
+        # (a hair above the sum, so that float rounding of the per-file steps never overshoots the total)
+        total_h = sum(durations.values()) / 3600 * (1 + 1e-9)
         bar = tqdm(total=total_h, unit="h", desc="detect", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]")
         bar.set_postfix_str(f"files 0/{len(todo)}")
@@ -570,7 +571,11 @@ def run_detect(
             results = _results_serial(todo, det, params, lambda p, s: advance(p, s / 3600))
         shown: dict[str, float] = {}  # hours of each file already shown on the bar
 
+        cap_h = {str(f): d / 3600 for f, d in durations.items()}
+
         def advance(path: str, hours: float) -> None:
+            # Decoded length can exceed the header's by a block; never run the bar past its total.
+            hours = min(hours, cap_h.get(str(path), hours))
             step = hours - shown.get(path, 0.0)
             if step > 0:
                 shown[path] = hours
