@@ -23,22 +23,34 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .bands import Band, band
 from .config import FeatureConfig
 
 # Imported from the 1-D module directly: kymatio's top level (kymatio.numpy / kymatio.torch) pulls in its
 # 3-D code, which fails to import with SciPy >= 1.15 (scipy.special.sph_harm was removed).
-from kymatio.scattering1d.filter_bank import scattering_filter_factory
+from kymatio.scattering1d.filter_bank import (
+    gauss_1d,
+    morlet_1d,
+    periodize_filter_fourier,
+    scattering_filter_factory,
+)
 
 #: kymatio's defaults for the filter bank shape.
 _R_PSI = math.sqrt(0.5)
 _SIGMA0 = 0.1
 _ALPHA = 5.0
 
+#: First-order coefficients transformed together (filters x samples, one batched FFT call): groups of
+#: filters sharing a subsampling are split to stay under it. Larger batches save little time, and their
+#: coefficients, thresholding statistics and second-order products set the peak memory.
+_GROUP_SAMPLES = 2**20
+
 #: Tail mass left out of the streaming margin (relative L1 mass of each filter).
 _SUPPORT_EPS = 1e-7
 
-#: A first-order hook receives, per subsampling group, the complex coefficients (batch, filters, time)
-#: with the filters' indices and the group's log2 subsampling, and returns coefficients of the same shape.
+#: A first-order hook receives a list of subsampling groups' complex coefficients (batch, filters, time)
+#: with the groups (filters' indices, log2 subsampling), and returns coefficients of the same shapes. The
+#: front end calls it once per group (a list of one), to bound memory.
 FirstOrderHook = Callable[[list[torch.Tensor], list["FilterGroup"]], list[torch.Tensor]]
 
 
@@ -91,16 +103,26 @@ class Scattergram:
 
 
 @dataclass
+class _Plan2:
+    """Second-order filters ``n2s`` of one first-order group, sharing the subsampling ``2**k2``."""
+
+    k2: int
+    n2s: torch.Tensor
+    rows: torch.Tensor  # output channel of each (first-order filter, second-order filter) pair (G1, G2)
+    psi: Band  # the wavelets on the moduli's half spectra, subsampled by 2**k2
+    phi: Band  # the low-pass on the second-order moduli's half spectra, down to the frame rate
+
+
+@dataclass
 class _Bank:
-    """Filters for one FFT length, as torch tensors (real-valued in Fourier)."""
+    """Filters for one FFT length, ready to apply (see ``pipeline/bands.py``)."""
 
     n: int
-    phi: list[torch.Tensor]  # phi[k]: low-pass at subsampling 2**k, length n / 2**k
-    psi1: torch.Tensor  # (K1, n)
-    psi2: list[torch.Tensor]  # psi2[k]: (K2, n / 2**k)
+    phi0: Band  # order 0: the low-pass of |x|, down to the frame rate
     groups: list[FilterGroup]
-    # second-order plan: per first-order group, list of (k2, psi2 indices, output channel rows (G1, G2))
-    plan2: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    psi1: list[Band]  # per group: the wavelets on the signal's full spectrum, subsampled by 2**k
+    phi1: list[Band]  # per group: the low-pass on the moduli's half spectra, down to the frame rate
+    plan2: list[list[_Plan2]] = field(default_factory=list)
 
 
 def _fold(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -156,13 +178,15 @@ class Scattering:
         self.hop = 2**self.log2_T
         self.first_order_hook = first_order_hook
         # Metadata and margin from a reference bank (the filters' shapes do not depend on the FFT length).
+        # (centre, width, max subsampling) do not depend on the FFT length: take them from a short bank,
+        # then build each filter alone where a length is needed (a whole bank in float64 is ~100 MB)
+        _, psi1_f, psi2_f = self._factory(2 ** (self.log2_T + 1))
+        self._psi1_meta = [{key: p[key] for key in ("xi", "sigma", "j")} for p in psi1_f]
+        self._psi2_meta = [{key: p[key] for key in ("xi", "sigma", "j")} for p in psi2_f]
         ref_n = max(2 ** (self.log2_T + 8), 2**14)
-        phi_f, psi1_f, psi2_f = self._factory(ref_n)
-        self._psi1_meta = psi1_f
-        self._psi2_meta = psi2_f
-        sup_phi = _support(phi_f["levels"][0])
-        sup1 = max(_support(f["levels"][0]) for f in psi1_f)
-        sup2 = max(_support(f["levels"][0]) for f in psi2_f) if c.max_order == 2 else 0
+        sup_phi = _support(self._filter(ref_n, None))
+        sup1 = max(_support(self._filter(ref_n, p)) for p in self._psi1_meta)
+        sup2 = max(_support(self._filter(ref_n, p)) for p in self._psi2_meta) if c.max_order == 2 else 0
         margin = sup_phi + sup1 + sup2
         # Thresholding (pipeline/thresholding.py): a keep-or-kill decision also depends on the noise level
         # around the coefficient, which widens the context each thresholded order needs by `reach`.
@@ -170,9 +194,7 @@ class Scattering:
         if c.threshold != "none":
             from .thresholding import ScatteringThresholder
 
-            self._thresholder = ScatteringThresholder(
-                self, c.threshold, order2=c.threshold_order2, reference=(ref_n, psi1_f, psi2_f)
-            )
+            self._thresholder = ScatteringThresholder(self, c.threshold, order2=c.threshold_order2)
             margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
         # A multiple of the noise block, so that chunks start on the same block grid as the whole signal.
         grid = self._thresholder.block if self._thresholder is not None else self.hop
@@ -240,39 +262,67 @@ class Scattering:
         _, psi1_f, _ = self._factory(n)
         return np.stack([p["levels"][0] for p in psi1_f]).real
 
-    @lru_cache(maxsize=4)
+    def _filter(self, n: int, meta: dict | None, level: int = 0) -> np.ndarray:
+        """One kymatio filter at FFT length ``n`` (``meta`` None: the low-pass), periodised to ``level``.
+
+        The same calls as kymatio's ``scattering_filter_factory`` makes, one filter at a time, so that a long
+        FFT buffer never holds the whole bank in float64.
+        """
+        h = gauss_1d(n, _SIGMA0 / 2**self.log2_T) if meta is None else morlet_1d(n, meta["xi"], meta["sigma"])
+        return periodize_filter_fourier(h, 2**level) if level else h
+
+    @lru_cache(maxsize=2)
     def _bank(self, n: int) -> _Bank:
-        phi_f, psi1_f, psi2_f = self._factory(n)
-        phi = [torch.from_numpy(np.ascontiguousarray(p.real, dtype=np.float32)) for p in phi_f["levels"]]
-        psi1 = torch.from_numpy(np.stack([p["levels"][0].real for p in psi1_f]).astype(np.float32))
-        psi2: list[torch.Tensor] = []
-        if self.config.max_order == 2:
-            n_levels = max(len(p["levels"]) for p in psi2_f)
-            for k in range(n_levels):
-                rows = []
-                for p in psi2_f:
-                    lev = p["levels"][k] if k < len(p["levels"]) else np.zeros(n >> k)
-                    rows.append(lev.real)
-                psi2.append(torch.from_numpy(np.stack(rows).astype(np.float32)))
+        if n % self.hop:
+            raise ValueError(f"buffer length {n} is not a multiple of the hop {self.hop}")
+        lt = self.log2_T
         ks = self.first_order_k()
-        groups = [FilterGroup(int(k), tuple(int(i) for i in np.nonzero(ks == k)[0])) for k in sorted(set(ks))]
-        bank = _Bank(n=n, phi=phi, psi1=psi1, psi2=psi2, groups=groups)
+        # filters sharing a subsampling, in batches of at most _GROUP_SAMPLES coefficients
+        groups = []
+        for k in sorted(set(ks)):
+            index = [int(i) for i in np.nonzero(ks == k)[0]]
+            size = max(1, _GROUP_SAMPLES // (n >> int(k)))
+            size = -(-len(index) // -(-len(index) // size))  # even batches: 10 -> 4, 3, 3 rather than 4, 4, 2
+            for at in range(0, len(index), size):
+                groups.append(FilterGroup(int(k), tuple(index[at : at + size])))
+        phi_levels = {}
+
+        def phi(level: int) -> np.ndarray:
+            if level not in phi_levels:
+                phi_levels[level] = self._filter(n, None, level)
+            return phi_levels[level]
+
+        psi1: list[Band] = []
+        phi1: list[Band] = []
+        for g in groups:
+            h = np.stack([self._filter(n, self._psi1_meta[i]) for i in g.index])
+            psi1.append(band(h, g.k))
+            phi1.append(band(phi(g.k), max(lt - g.k, 0), half=True))
+        bank = _Bank(n=n, phi0=band(phi(0), lt, half=True), groups=groups, psi1=psi1, phi1=phi1)
         if self.config.max_order == 2:
-            row_of = {pair: 1 + len(psi1_f) + i for i, pair in enumerate(self.pairs)}
-            j1s = [p["j"] for p in psi1_f]
+            row_of = {pair: 1 + len(self._psi1_meta) + i for i, pair in enumerate(self.pairs)}
+            j1s = [p["j"] for p in self._psi1_meta]
             for g in groups:
                 plans = []
-                # within a group all j1 are equal when k < log2_T; otherwise split by j1 validity per pair
                 by_k2: dict[int, list[int]] = {}
-                for n2, p2 in enumerate(psi2_f):
+                for n2, p2 in enumerate(self._psi2_meta):
                     if all(p2["j"] > j1s[i] for i in g.index):
-                        k2 = max(min(p2["j"], self.log2_T) - g.k, 0)
+                        k2 = max(min(p2["j"], lt) - g.k, 0)
                         by_k2.setdefault(k2, []).append(n2)
                     elif any(p2["j"] > j1s[i] for i in g.index):  # pragma: no cover - not with kymatio banks
                         raise NotImplementedError("mixed second-order validity inside a subsampling group")
                 for k2, n2s in sorted(by_k2.items()):
                     rows = torch.tensor([[row_of[(i, n2)] for n2 in n2s] for i in g.index], dtype=torch.long)
-                    plans.append((k2, torch.tensor(n2s, dtype=torch.long), rows))
+                    h2 = np.stack([self._filter(n, self._psi2_meta[i], g.k) for i in n2s])
+                    plans.append(
+                        _Plan2(
+                            k2=k2,
+                            n2s=torch.tensor(n2s, dtype=torch.long),
+                            rows=rows,
+                            psi=band(h2, k2, half=True),
+                            phi=band(phi(g.k + k2), max(lt - g.k - k2, 0), half=True),
+                        )
+                    )
                 bank.plan2.append(plans)
         return bank
 
@@ -288,28 +338,30 @@ class Scattering:
         X = torch.fft.fft(x)
         # Order 0 averages |x|, not x as kymatio does: the low-pass of a signed audio signal is its DC offset,
         # which carries no information and cannot be log-compressed.
-        out[:, 0] = torch.fft.ifft(_fold(torch.fft.fft(x.abs()) * bank.phi[0], 2**lt)).real
-        U1 = [torch.fft.ifft(_fold(X[:, None, :] * bank.psi1[list(g.index)], 2**g.k)) for g in bank.groups]
-        if self._thresholder is not None:
-            U1 = self._thresholder.first_order(X, U1, bank.groups)
-        if self.first_order_hook is not None:
-            U1 = self.first_order_hook(U1, bank.groups)
-        for gi, (g, u) in enumerate(zip(bank.groups, U1)):
-            Uh = torch.fft.fft(u.abs())
-            idx = torch.tensor(g.index) + 1
-            out[:, idx] = torch.fft.ifft(_fold(Uh * bank.phi[g.k], 2 ** max(lt - g.k, 0))).real
+        out[:, 0] = torch.fft.ifft(bank.phi0.apply(torch.fft.rfft(x.abs()))).real
+        # One subsampling group at a time, start to finish: a long buffer's first-order coefficients, their
+        # thresholding statistics and second-order products for every group at once would be several
+        # hundred MB.
+        for gi, g in enumerate(bank.groups):
+            u = torch.fft.ifft(bank.psi1[gi].apply(X))
+            if self._thresholder is not None:
+                (u,) = self._thresholder.first_order(X, [u], [g])
+            if self.first_order_hook is not None:
+                (u,) = self.first_order_hook([u], [g])
+            u = u.abs()
+            Uh = torch.fft.rfft(u)  # (B, G, n1 // 2 + 1): the moduli are real
+            out[:, torch.tensor(g.index) + 1] = torch.fft.ifft(bank.phi1[gi].apply(Uh)).real
             if self.config.max_order == 2:
                 plan = bank.plan2[gi]
-                Vc = [torch.fft.ifft(_fold(Uh[:, :, None, :] * bank.psi2[g.k][n2s], 2**k2)) for k2, n2s, _ in plan]
+                Vc = [torch.fft.ifft(p.psi.apply(Uh)) for p in plan]  # (B, G1, G2, n1 / 2**k2)
                 if self._thresholder is not None and self.config.threshold_order2:
                     # all second-order filters of the group form one frame of each modulus signal
-                    Vc = self._thresholder.second_order(Uh, Vc, g.k, plan)
-                for (k2, n2s, rows), V in zip(plan, Vc):
-                    V = V.abs()
-                    S2 = torch.fft.ifft(
-                        _fold(torch.fft.fft(V) * bank.phi[g.k + k2], 2 ** max(lt - g.k - k2, 0))
-                    ).real
-                    out[:, rows.reshape(-1)] = S2.reshape(b, -1, S2.shape[-1])
+                    Vc = self._thresholder.second_order(
+                        torch.fft.fft(u), Vc, g.k, [(p.k2, p.n2s, p.rows) for p in plan]
+                    )
+                for p, V in zip(plan, Vc):
+                    S2 = torch.fft.ifft(p.phi.apply(torch.fft.rfft(V.abs()))).real
+                    out[:, p.rows.reshape(-1)] = S2.reshape(b, -1, S2.shape[-1])
         return out
 
     def _log(self, S: torch.Tensor) -> np.ndarray:

@@ -13,7 +13,12 @@ from pipeline.scattering import Scattering, concatenate, scatter_file
 # import the 3-D module, which breaks on SciPy >= 1.15.
 from kymatio.scattering1d.frontend.numpy_frontend import ScatteringNumPy1D
 
-SMALL = FeatureConfig(sample_rate=8000, J=6, Q1=4, Q2=1)
+def bank(**fields) -> FeatureConfig:
+    """The scattering transform alone: thresholding (the default, tested in test_thresholding.py) off."""
+    return FeatureConfig(threshold="none", **fields)
+
+
+SMALL = bank(sample_rate=8000, J=6, Q1=4, Q2=1)
 
 
 def birdish(n: int, sr: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +39,7 @@ def streamed(sc: Scattering, x: np.ndarray, block: int, batch: int = 1) -> np.nd
 
 
 # -- streamed == whole ----------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [SMALL, FeatureConfig()], ids=["small", "default"])
+@pytest.mark.parametrize("config", [SMALL, bank()], ids=["small", "default"])
 @pytest.mark.parametrize("length_chunks", [0.3, 1.0, 2.7])
 def test_streamed_equals_whole(config, length_chunks):
     sc = Scattering(config, fft_size=None if config is SMALL else 2**16)
@@ -70,7 +75,7 @@ def test_stream_start_times_are_consecutive():
 
 
 # -- agreement with kymatio -------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [SMALL, FeatureConfig(J=8, Q1=8, Q2=2, sample_rate=22050)], ids=["J6Q4", "J8Q8-2"])
+@pytest.mark.parametrize("config", [SMALL, bank(J=8, Q1=8, Q2=2, sample_rate=22050)], ids=["J6Q4", "J8Q8-2"])
 def test_matches_kymatio_interior(config):
     n = 2**15
     x = birdish(n, config.sample_rate, seed=5).astype(np.float64)
@@ -96,7 +101,7 @@ def test_matches_kymatio_interior(config):
 # -- known answers -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("freq", [600.0, 2500.0, 7100.0])
 def test_pure_tone_lights_nearest_first_order_channel(freq):
-    config = FeatureConfig()
+    config = bank()
     sc = Scattering(config)
     t = np.arange(2 * config.sample_rate) / config.sample_rate
     g = sc.whole((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32))
@@ -108,21 +113,21 @@ def test_pure_tone_lights_nearest_first_order_channel(freq):
 
 
 def test_silence_gives_log_eps():
-    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, log_eps=1e-5)
+    config = bank(sample_rate=8000, J=6, Q1=4, log_eps=1e-5)
     g = Scattering(config).whole(np.zeros(5000, np.float32))
     np.testing.assert_allclose(g.S, np.log(1e-5), atol=1e-6)
 
 
 def test_order0_is_the_average_magnitude():
     """Order 0 is |x| averaged by the unit-DC-gain low-pass: a constant-amplitude square wave gives it."""
-    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, log_eps=1e-9)
+    config = bank(sample_rate=8000, J=6, Q1=4, log_eps=1e-9)
     x = np.where(np.arange(20000) % 16 < 8, 0.25, -0.25).astype(np.float32)
     g = Scattering(config).whole(x)
     np.testing.assert_allclose(np.exp(g.S[0, 5:-5]), 0.25, rtol=1e-4)
 
 
 def test_metadata():
-    config = FeatureConfig()
+    config = bank()
     sc = Scattering(config)
     g = sc.whole(birdish(30000, config.sample_rate))
     assert g.frame_rate == pytest.approx(22050 / 512)

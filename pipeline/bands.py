@@ -1,0 +1,151 @@
+"""Band-limited Fourier products: ``fold(Y * h, 2**d)`` computed from the few bins where ``h`` lives.
+
+The scattering front end filters in Fourier and subsamples by periodising the spectrum (kymatio's
+``subsample_fourier``): ``out[j] = 2**-d * sum_a Y[j + a T] h[j + a T]`` with ``T = m / 2**d``. A Morlet or
+Gaussian filter is negligible on most of the ``m`` bins, so the full-length product and the ``2**d``-fold
+sum mostly add zeros. A :class:`Band` keeps only the circular run of bins where ``|h| > rel * max|h|``
+(``rel = 1e-8``: the dropped part holds < 1e-12 of a filter's energy in practice), laid out as ``r`` rows of
+``T`` bins so that row ``a``, column ``j`` is a bin congruent to ``j`` mod ``T``; the product is then one
+gather, one multiply and (where ``r > 1``, a filter wider than the output band) a sum over the rows.
+
+It can read a full spectrum (``torch.fft.fft``) or the half spectrum of a real signal (``torch.fft.rfft``):
+bins above ``m / 2`` are then read as the conjugates of their mirror bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Bins with ``|h|`` below this fraction of the filter's peak are dropped.
+BAND_REL = 1e-8
+
+
+@dataclass
+class Band:
+    """``fold(Y * h_f, 2**d)`` for filters ``h_f`` of one length ``m``, as a gather.
+
+    Attributes
+    ----------
+    src : Tensor, int64, shape (F, r, T)
+        Spectrum bins read (indices into a full or, with ``half``, a half spectrum); empty (F, 1, 0) where
+        ``segments`` replace the gather.
+    weight : Tensor, float32, shape (F, r, T) or (F, r, T, 2)
+        ``h[bin] / 2**d`` (zero on padding); with ``half``, a last axis ``(w, +-w)`` that conjugates the
+        bins above ``m / 2``.
+    m, T : int
+        Spectrum length and output length.
+    half : bool
+        Whether ``src`` indexes an ``rfft`` half spectrum.
+    single : bool
+        Built from one 1-D filter: :meth:`apply` has no filter axis.
+    """
+
+    src: torch.Tensor
+    weight: torch.Tensor
+    m: int
+    T: int
+    half: bool
+    single: bool = False
+    # full-spectrum bands of one row: per filter, contiguous pieces (src_lo, out_lo, weights) of its run
+    segments: list[list[tuple[int, int, torch.Tensor]]] | None = None
+
+    @property
+    def rows(self) -> int:
+        """Output bands summed per output bin (1 where the filter fits the output band: no aliasing)."""
+        return int(self.src.shape[1])
+
+    def apply(self, Y: torch.Tensor) -> torch.Tensor:
+        """The folded products of spectrum ``Y`` (..., m or m // 2 + 1) with every filter: (..., F, T).
+
+        A band built from one 1-D filter has no filter axis: (..., T).
+        """
+        want = self.m // 2 + 1 if self.half else self.m
+        if Y.shape[-1] != want:
+            raise ValueError(f"spectrum of length {Y.shape[-1]}, band built for {want}")
+        if self.segments is not None:
+            # only the run's bins are multiplied; the rest of the output band is zero
+            F = len(self.segments)
+            out = torch.zeros(*Y.shape[:-1], F, self.T, dtype=Y.dtype)
+            for f, pieces in enumerate(self.segments):
+                for lo, at, w in pieces:
+                    out[..., f, at : at + w.shape[0]] = Y[..., lo : lo + w.shape[0]] * w
+            return out[..., 0, :] if self.single else out
+        src = self.src[0] if self.single else self.src
+        w = self.weight[0] if self.single else self.weight
+        v = Y[..., src]  # (..., [F,] r, T)
+        if self.half:
+            v = torch.view_as_complex(torch.view_as_real(v) * w)
+        else:
+            v = v * w
+        return v.sum(-2) if self.rows > 1 else v.squeeze(-2)
+
+
+def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_REL) -> Band:
+    """Build the :class:`Band` of real Fourier filters ``filters`` (F, m) (or (m,)) subsampled by ``2**d``.
+
+    Parameters
+    ----------
+    filters : ndarray, shape (F, m) or (m,)
+        Real Fourier responses at ``np.fft.fftfreq(m)``; one 1-D filter makes a band without a filter
+        axis, applied alike to every row of its input.
+    d : int
+        log2 subsampling: the output has ``T = m / 2**d`` bins.
+    half : bool
+        Index an ``rfft`` half spectrum instead of a full one (for real input signals).
+    rel : float
+        Bins where ``|h| <= rel * max|h|`` are dropped.
+    """
+    single = np.ndim(filters) == 1
+    h = np.atleast_2d(np.asarray(filters, dtype=np.float64))
+    F, m = h.shape
+    T = m >> int(d)
+    if T << int(d) != m:
+        raise ValueError(f"length {m} is not a multiple of 2**{d}")
+    runs = [_run(row, rel) for row in h]
+    r = max(-(-length // T) for _, length in runs)
+    segments = None
+    if r == 1 and not half:
+        segments = []
+        for f, (start, length) in enumerate(runs):
+            pieces, i = [], 0
+            while i < length:
+                b, at = (start + i) % m, (start + i) % T
+                step = min(length - i, m - b, T - at)  # up to the next wrap of the input or the output
+                pieces.append((b, at, torch.from_numpy((h[f, b : b + step] / 2**d).astype(np.float32))))
+                i += step
+            segments.append(pieces)
+    if segments is not None:  # the pieces replace the gather
+        return Band(torch.zeros((F, 1, 0), dtype=torch.long), torch.zeros((F, 1, 0)), m, T, half, single, segments)
+    src = np.zeros((F, r, T), dtype=np.int64)
+    w = np.zeros((F, r, T), dtype=np.float64)
+    j = np.arange(T)
+    for f, (start, length) in enumerate(runs):
+        # row a, column j: the a-th bin of the run [start, start + length) congruent to j mod T
+        first = start + (j - start) % T
+        for a in range(r):
+            b = first + a * T
+            inside = b < start + length
+            src[f, a] = np.where(inside, b % m, 0)
+            w[f, a] = np.where(inside, h[f, b % m], 0.0) / 2**d
+    if half:
+        neg = src > m // 2
+        src = np.where(neg, (m - src) % m, src)
+        weight = np.stack([w, np.where(neg, -w, w)], axis=-1)
+    else:
+        weight = w
+    return Band(torch.from_numpy(src), torch.from_numpy(weight.astype(np.float32)), m, T, half, single, segments)
+
+
+def _run(h: np.ndarray, rel: float) -> tuple[int, int]:
+    """``(start, length)`` of the shortest circular run of bins holding every ``|h| > rel * max|h|``."""
+    m = h.size
+    mag = np.abs(h)
+    sel = np.nonzero(mag > rel * mag.max())[0] if mag.max() > 0 else np.array([0])
+    # the run is the circle minus its largest gap between consecutive selected bins
+    gaps = np.diff(np.concatenate([sel, [sel[0] + m]]))
+    g = int(np.argmax(gaps))
+    start = int(sel[(g + 1) % sel.size])
+    return start, int(m - gaps[g] + 1)

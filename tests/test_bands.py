@@ -1,0 +1,82 @@
+"""pipeline/bands.py: band-limited folded products equal the full-length product and fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.bands import band
+from pipeline.config import FeatureConfig
+from pipeline.scattering import Scattering
+
+from kymatio.scattering1d.filter_bank import scattering_filter_factory
+
+
+def full_fold(Y: np.ndarray, h: np.ndarray, d: int) -> np.ndarray:
+    """kymatio's way: the whole product, then the mean over the 2**d periods of the spectrum."""
+    p = Y * h
+    return p.reshape(*p.shape[:-1], 2**d, -1).mean(-2)
+
+
+@pytest.fixture(scope="module")
+def filters():
+    m = 2**13
+    phi, psi1, psi2 = scattering_filter_factory(m, 7, (4, 1), 2**7)
+    return m, phi, psi1, psi2
+
+
+@pytest.mark.parametrize("d", [0, 1, 3, 5])
+@pytest.mark.parametrize("half", [False, True])
+def test_band_product_equals_full_product_and_fold(filters, d, half):
+    m, _, psi1, _ = filters
+    H = np.stack([p["levels"][0] for p in psi1])
+    x = np.random.default_rng(d).standard_normal((2, m))
+    ref = full_fold(np.fft.fft(x)[:, None, :], H, d)
+    Y = np.fft.rfft(x) if half else np.fft.fft(x)
+    out = band(H, d, half=half).apply(torch.from_numpy(Y.astype(np.complex64))).numpy()
+    assert out.shape == ref.shape == (2, len(psi1), m >> d)
+    assert np.abs(out - ref).max() < 1e-6 * np.abs(ref).max()
+
+
+def test_a_filter_wider_than_the_output_band_is_folded(filters):
+    """The low-pass at the frame rate is wider than the band it is folded to: several rows are summed."""
+    m, phi, _, _ = filters
+    h = phi["levels"][0]
+    b = band(h, 7, half=True)
+    assert b.rows >= 2 and b.single
+    x = np.random.default_rng(1).standard_normal((3, m))
+    ref = full_fold(np.fft.fft(x), h, 7)
+    out = b.apply(torch.from_numpy(np.fft.rfft(x).astype(np.complex64))).numpy()
+    assert out.shape == (3, m >> 7)
+    assert np.abs(out - ref).max() < 1e-6 * np.abs(ref).max()
+
+
+def test_band_keeps_only_the_filters_support(filters):
+    m, _, psi1, _ = filters
+    h = psi1[0]["levels"][0]
+    b = band(h, 0)
+    assert b.segments is not None  # full spectrum, no aliasing: contiguous pieces instead of a gather
+    kept = np.concatenate([np.arange(lo, lo + w.shape[0]) for lo, _, w in b.segments[0]])
+    assert kept.size < 0.5 * m  # the highest filter lives on well under half the circle
+    assert np.abs(h[np.setdiff1d(np.arange(m), kept)]).max() <= 1e-8 * np.abs(h).max()
+
+
+def test_wrong_spectrum_length_is_refused(filters):
+    m, _, psi1, _ = filters
+    with pytest.raises(ValueError, match="spectrum of length"):
+        band(psi1[0]["levels"][0], 1).apply(torch.zeros(m // 2 + 1, dtype=torch.complex64))
+
+
+def test_front_end_builds_each_filter_as_kymatio_does():
+    """Filters built one at a time (to keep long buffers' banks small) equal kymatio's factory output."""
+    sc = Scattering(FeatureConfig(threshold="none"))
+    n = 2**14
+    phi_f, psi1_f, psi2_f = sc._factory(n)
+    for meta, ref in zip(sc._psi1_meta, psi1_f):
+        np.testing.assert_array_equal(sc._filter(n, meta), ref["levels"][0])
+    for meta, ref in zip(sc._psi2_meta, psi2_f):
+        for level, lev in enumerate(ref["levels"]):
+            np.testing.assert_array_equal(sc._filter(n, meta, level), lev)
+    for level, lev in enumerate(phi_f["levels"]):
+        np.testing.assert_array_equal(sc._filter(n, None, level), lev)
