@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 #: Bumped when the meaning of a field changes, so that old hashes never match new features.
-CONFIG_SCHEMA = 1
+#: 2: ``threshold="risk"`` decides on time windows of its filter (pipeline/thresholding.py, RULE_INDEPENDENT),
+#: and is the default.
+CONFIG_SCHEMA = 2
 
 THRESHOLD_MODES = ("none", "universal-hard", "universal-soft", "risk")
 
@@ -55,7 +57,7 @@ class FeatureConfig:
     Q2: int = 1
     max_order: int = 2
     log_eps: float = 1e-5
-    threshold: str = "none"
+    threshold: str = "risk"
     threshold_order2: bool = False
     pool_s: float = 0.0
     schema: int = field(default=CONFIG_SCHEMA)

@@ -77,7 +77,8 @@ class SimpleDetector(Detector):
 
 # -- helpers for the batch tests ------------------------------------------------------------------
 #: A fast feature configuration for tests: 8 kHz, 8 ms frames, first order only.
-FAST_CONFIG = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000)
+# thresholding off: the fast test detector exercises the batch machinery (test_thresholding.py covers it)
+FAST_CONFIG = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000, threshold="none")
 
 
 def train_simple_detector(path, *, config=None, n_clips: int = 40, clip_s: float = 2.0, seed: int = 0,

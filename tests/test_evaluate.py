@@ -30,7 +30,7 @@ from pipeline.evaluate import (
 from tests.simple_detector import SimpleDetector
 
 #: Fast features for the tests that do not need the pipeline's default configuration.
-FAST = FeatureConfig(sample_rate=8000, J=6, Q1=4, max_order=1)
+FAST = FeatureConfig(sample_rate=8000, J=6, Q1=4, max_order=1, threshold="none")
 
 
 def _write_csv(path: Path, rows, header=("itemid", "datasetid", "hasbird")) -> Path:

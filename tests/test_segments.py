@@ -18,7 +18,7 @@ from pipeline.segments import (
     pool_sequence,
 )
 
-FAST = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000)
+FAST = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000, threshold="none")
 
 
 # -- the plan -----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pipeline.scattering import Scattering, scatter_file
 
 torch.set_num_threads(1)
 
-CONFIG = FeatureConfig(sample_rate=8000, J=6, Q1=4)
+CONFIG = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="none")
 
 
 def _linked(html: str) -> list[str]:

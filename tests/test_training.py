@@ -30,7 +30,7 @@ from pipeline.training import (
 torch.set_num_threads(1)
 
 #: First order only and short clips: the filter banks and the features take a fraction of the default's time.
-CONFIG = FeatureConfig(max_order=1)
+CONFIG = FeatureConfig(max_order=1, threshold="none")  # fast features; thresholding: test_thresholding.py
 FAST = {"max_epochs": 3, "widths": [8, 8]}
 
 
@@ -138,7 +138,7 @@ def test_error_bad_model_and_options(dataset, tmp_path, no_training):
 
 def test_cli_reports_input_errors(dataset, tmp_path, capsys, no_training):
     rc = main(["train", "--audio", str(dataset / "bad" / "wav"), "--labels", str(_labels(tmp_path, "")),
-               "-o", str(tmp_path / "m.pt"), "--order", "1", "-q"])
+               "-o", str(tmp_path / "m.pt"), "--order", "1", "--threshold", "none", "-q"])
     assert rc == 2 and "error:" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
@@ -213,7 +213,7 @@ def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys)
     model = tmp_path / "out" / "model.pt"
     shutil.copytree(warm[0], model.parent / ".cache")  # the default cache place: next to the model
     args = ["train", str(dataset / "bad"), "--unlabeled", str(dataset / "unl" / "wav"), "-o", str(model),
-            "--order", "1", "--window", "5", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
+            "--order", "1", "--threshold", "none", "--window", "5", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 labelled clip(s)" in out and "6 unlabelled window(s)" in out and "18 from the cache, 0 computed" in out
@@ -243,7 +243,7 @@ def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm
     from models.rntk import RNTKClassifier
 
     model = tmp_path / "rntk.pt"
-    args = ["train", str(dataset / "bad"), "-o", str(model), "--model", "rntk", "--order", "1", "-q",
+    args = ["train", str(dataset / "bad"), "-o", str(model), "--model", "rntk", "--order", "1", "--threshold", "none", "-q",
             "--cache", str(warm[0])]
     assert main(args) == 0
     det = load_detector(model, expected_config=CONFIG.replace(pool_s=0.25))
