@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -76,12 +75,12 @@ def flop_floor(sc: Scattering, n_samples: int) -> float:
 def rss_of_mode(threshold: str, seconds: float, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that imports the pipeline and streams ``seconds`` of audio."""
     code = (
-        "import resource, sys, numpy as np, torch; sys.path.insert(0, %r); torch.set_num_threads(%d)\n"
+        "import sys, numpy as np, torch; sys.path.insert(0, %r); torch.set_num_threads(%d)\n"
         "from pipeline.config import FeatureConfig; from pipeline.scattering import Scattering\n"
         "x = np.random.default_rng(0).standard_normal(int(%f * 22050)).astype(np.float32) * 0.05\n"
         "sc = Scattering(FeatureConfig(threshold=%r))\n"
         "for _ in sc.stream(x[i : i + 22050] for i in range(0, x.size, 22050)): pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)\n"
     ) % (str(Path(__file__).resolve().parents[1]), threads, seconds, threshold)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -100,8 +99,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sr = 22050
     modes = ["none"] + ([args.threshold] if args.threshold != "none" else [])
-    # first, while this process is small: Linux keeps a process's peak RSS across exec, so a child started
-    # later would report this process's peak
+    # each in a fresh process, reporting its own address space's peak (VmHWM): ru_maxrss would carry this
+    # process's peak across fork and exec
     rss = {m: rss_of_mode(m, 60.0, args.threads) for m in modes}
     x, _, _ = make_clip(args.seconds, sr, hasbird=True, snr_db=5, background_kind="pink", n_events=20, rng=0)
     block = sr  # 1 s blocks, as the audio reader delivers them

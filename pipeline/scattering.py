@@ -154,7 +154,9 @@ class Scattering:
         Sample rate, J, Q1, Q2, order, log offset.
     fft_size : int, optional
         Length of each streaming chunk's FFT buffer (a power of two, at least four times the margin).
-        Defaults to the smallest power of two >= 2**17 that leaves at least half the buffer for new frames.
+        Defaults to the smallest power of two >= 2**17 that leaves at least three quarters of the buffer for
+        new frames (the margins are recomputed work: 2**19 with ``risk`` thresholding runs 1.7x faster than
+        2**18, for ~50 MB more memory).
     first_order_hook : callable, optional
         Edits the complex first-order wavelet coefficients before the modulus (the thresholding stage).
         See ``FirstOrderHook``.
@@ -201,7 +203,7 @@ class Scattering:
         self.margin = int(math.ceil(margin / grid) * grid)
         if fft_size is None:
             fft_size = 2**17
-            while fft_size - 2 * self.margin < fft_size // 2:
+            while 4 * (fft_size - 2 * self.margin) < 3 * fft_size:
                 fft_size *= 2
         if fft_size & (fft_size - 1) or fft_size - 2 * self.margin < self.hop:
             raise ValueError(
@@ -297,11 +299,15 @@ class Scattering:
         for g in groups:
             h = np.stack([self._filter(n, self._psi1_meta[i]) for i in g.index])
             psi1.append(band(h, g.k))
-            phi1.append(band(phi(g.k), max(lt - g.k, 0), half=True))
+            if not phi1 or groups[len(phi1) - 1].k != g.k:
+                phi1.append(band(phi(g.k), max(lt - g.k, 0), half=True))
+            else:  # the same low-pass as the previous group of this subsampling
+                phi1.append(phi1[-1])
         bank = _Bank(n=n, phi0=band(phi(0), lt, half=True), groups=groups, psi1=psi1, phi1=phi1)
         if self.config.max_order == 2:
             row_of = {pair: 1 + len(self._psi1_meta) + i for i, pair in enumerate(self.pairs)}
             j1s = [p["j"] for p in self._psi1_meta]
+            shared2: dict[tuple, tuple[Band, Band]] = {}
             for g in groups:
                 plans = []
                 by_k2: dict[int, list[int]] = {}
@@ -313,16 +319,15 @@ class Scattering:
                         raise NotImplementedError("mixed second-order validity inside a subsampling group")
                 for k2, n2s in sorted(by_k2.items()):
                     rows = torch.tensor([[row_of[(i, n2)] for n2 in n2s] for i in g.index], dtype=torch.long)
-                    h2 = np.stack([self._filter(n, self._psi2_meta[i], g.k) for i in n2s])
-                    plans.append(
-                        _Plan2(
-                            k2=k2,
-                            n2s=torch.tensor(n2s, dtype=torch.long),
-                            rows=rows,
-                            psi=band(h2, k2, half=True),
-                            phi=band(phi(g.k + k2), max(lt - g.k - k2, 0), half=True),
+                    key = (g.k, k2, tuple(n2s))
+                    if key not in shared2:  # groups split from one subsampling level share their filters
+                        h2 = np.stack([self._filter(n, self._psi2_meta[i], g.k) for i in n2s])
+                        shared2[key] = (
+                            band(h2, k2, half=True),
+                            band(phi(g.k + k2), max(lt - g.k - k2, 0), half=True),
                         )
-                    )
+                    psi, low = shared2[key]
+                    plans.append(_Plan2(k2=k2, n2s=torch.tensor(n2s, dtype=torch.long), rows=rows, psi=psi, phi=low))
                 bank.plan2.append(plans)
         return bank
 
