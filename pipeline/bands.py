@@ -49,7 +49,8 @@ class Band:
     T: int
     half: bool
     single: bool = False
-    # full-spectrum bands of one row: per filter, contiguous pieces (src_lo, out_lo, weights) of its run
+    # bands of one row: per filter, contiguous pieces (src_lo, out_lo, weights) of its run; in a half
+    # spectrum a negative src_lo = -(mirror of the first bin) reads conjugated mirror bins, in reverse
     segments: list[list[tuple[int, int, torch.Tensor]]] | None = None
 
     @property
@@ -71,7 +72,12 @@ class Band:
             out = torch.zeros(*Y.shape[:-1], F, self.T, dtype=Y.dtype)
             for f, pieces in enumerate(self.segments):
                 for lo, at, w in pieces:
-                    out[..., f, at : at + w.shape[0]] = Y[..., lo : lo + w.shape[0]] * w
+                    L = w.shape[0]
+                    if lo >= 0:
+                        out[..., f, at : at + L] = Y[..., lo : lo + L] * w
+                    else:  # bins above m / 2 of a real signal: conjugates of the mirror bins, in reverse
+                        hi = -lo  # the mirror of the piece's first bin
+                        out[..., f, at : at + L] = Y[..., hi - L + 1 : hi + 1].flip(-1).conj() * w
             return out[..., 0, :] if self.single else out
         src = self.src[0] if self.single else self.src
         w = self.weight[0] if self.single else self.weight
@@ -107,14 +113,18 @@ def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_R
     runs = [_run(row, rel) for row in h]
     r = max(-(-length // T) for _, length in runs)
     segments = None
-    if r == 1 and not half:
+    if r == 1:
         segments = []
         for f, (start, length) in enumerate(runs):
             pieces, i = [], 0
             while i < length:
                 b, at = (start + i) % m, (start + i) % T
-                step = min(length - i, m - b, T - at)  # up to the next wrap of the input or the output
-                pieces.append((b, at, torch.from_numpy((h[f, b : b + step] / 2**d).astype(np.float32))))
+                # up to the next wrap of the input or the output (and, in a half spectrum, of its mirror)
+                edge = (m // 2 + 1 if b <= m // 2 else m) if half else m
+                step = min(length - i, edge - b, T - at)
+                w = torch.from_numpy((h[f, b : b + step] / 2**d).astype(np.float32))
+                # a negative source marks bins read as conjugates of their mirrors: -(m - b) = mirror of b
+                pieces.append((-(m - b) if half and b > m // 2 else b, at, w))
                 i += step
             segments.append(pieces)
     if segments is not None:  # the pieces replace the gather

@@ -1,9 +1,11 @@
 """Continuous-wavelet scattering (Morlet filter banks from kymatio), streamed chunk by chunk.
 
 The algorithm is kymatio's ``scattering1d`` (same filters, same subsampling, same channel order), rewritten
-so that the filters of one subsampling level are applied in one batched FFT product instead of a Python
-loop, and so that the complex first-order wavelet coefficients exist as a tensor a hook can edit (the
-thresholding stage) before the modulus.
+so that the filters of one subsampling level are applied in one batched call whose Fourier products touch
+only the bins where each filter lives (``pipeline/bands.py``), the real moduli going through ``rfft``, and
+so that the complex first-order wavelet coefficients exist as a tensor a hook can edit (the thresholding
+stage) before the modulus. Each subsampling group is carried from its first-order coefficients to its
+second-order output before the next starts, which bounds a buffer's transient memory.
 
 Streaming: a recording of ``n`` samples gives ``ceil(n / 2**J)`` frames; frame ``i`` is centred on sample
 ``i * 2**J``. The signal is reflect-padded by a margin ``M`` at both ends; each chunk is an FFT buffer of
@@ -123,14 +125,6 @@ class _Bank:
     psi1: list[Band]  # per group: the wavelets on the signal's full spectrum, subsampled by 2**k
     phi1: list[Band]  # per group: the low-pass on the moduli's half spectra, down to the frame rate
     plan2: list[list[_Plan2]] = field(default_factory=list)
-
-
-def _fold(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Subsample in time by ``factor`` by periodising the spectrum (kymatio's ``subsample_fourier``)."""
-    if factor == 1:
-        return x
-    n = x.shape[-1]
-    return x.reshape(*x.shape[:-1], factor, n // factor).mean(dim=-2)
 
 
 def _support(h_f: np.ndarray, eps: float = _SUPPORT_EPS) -> int:
