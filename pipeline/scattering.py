@@ -181,7 +181,10 @@ class Scattering:
         self._psi2_meta = [{key: p[key] for key in ("xi", "sigma", "j")} for p in psi2_f]
         ref_n = max(2 ** (self.log2_T + 8), 2**14)
         sup_phi = _support(self._filter(ref_n, None))
-        sup1 = max(_support(self._filter(ref_n, p)) for p in self._psi1_meta)
+        # the first-order filters at the reference length, kept while the thresholding stage (if any) is
+        # built from them too: kymatio's morlet_1d is the slow part of start-up
+        self._psi1_ref = (ref_n, np.stack([self._filter(ref_n, p) for p in self._psi1_meta]))
+        sup1 = max(_support(h) for h in self._psi1_ref[1])
         sup2 = max(_support(self._filter(ref_n, p)) for p in self._psi2_meta) if c.max_order == 2 else 0
         margin = sup_phi + sup1 + sup2
         # Thresholding (pipeline/thresholding.py): a keep-or-kill decision also depends on the noise level
@@ -192,6 +195,7 @@ class Scattering:
 
             self._thresholder = ScatteringThresholder(self, c.threshold, order2=c.threshold_order2)
             margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
+        del self._psi1_ref
         # A multiple of the noise block, so that chunks start on the same block grid as the whole signal.
         grid = self._thresholder.block if self._thresholder is not None else self.hop
         self.margin = int(math.ceil(margin / grid) * grid)
@@ -281,12 +285,22 @@ class Scattering:
             size = -(-len(index) // -(-len(index) // size))  # even batches: 10 -> 4, 3, 3 rather than 4, 4, 2
             for at in range(0, len(index), size):
                 groups.append(FilterGroup(int(k), tuple(index[at : at + size])))
-        phi_levels = {}
+        phi_levels: dict[int, np.ndarray] = {}
+        psi2_level0: dict[int, np.ndarray] = {}
 
         def phi(level: int) -> np.ndarray:
             if level not in phi_levels:
-                phi_levels[level] = self._filter(n, None, level)
+                if 0 not in phi_levels:
+                    phi_levels[0] = self._filter(n, None)
+                phi_levels[level] = periodize_filter_fourier(phi_levels[0], 2**level) if level else phi_levels[0]
             return phi_levels[level]
+
+        def psi2(i: int, level: int) -> np.ndarray:
+            # each second-order wavelet is built once per bank, then periodised for every level that needs it
+            if i not in psi2_level0:
+                psi2_level0[i] = self._filter(n, self._psi2_meta[i])
+            h = psi2_level0[i]
+            return periodize_filter_fourier(h, 2**level) if level else h
 
         psi1: list[Band] = []
         phi1: list[Band] = []
@@ -315,7 +329,7 @@ class Scattering:
                     rows = torch.tensor([[row_of[(i, n2)] for n2 in n2s] for i in g.index], dtype=torch.long)
                     key = (g.k, k2, tuple(n2s))
                     if key not in shared2:  # groups split from one subsampling level share their filters
-                        h2 = np.stack([self._filter(n, self._psi2_meta[i], g.k) for i in n2s])
+                        h2 = np.stack([psi2(i, g.k) for i in n2s])
                         shared2[key] = (
                             band(h2, k2, half=True),
                             band(phi(g.k + k2), max(lt - g.k - k2, 0), half=True),

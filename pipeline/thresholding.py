@@ -807,7 +807,11 @@ class ScatteringThresholder:
         # taps are cut from filters at a reference length beyond twice their half-width
         self.n_ref = 1 << int(math.ceil(math.log2(2 * self.tap_reach + 2)))
         if self.mode == "risk":
-            psi1 = np.stack([sc._filter(self.n_ref, p) for p in sc._psi1_meta])
+            ref = getattr(sc, "_psi1_ref", None)  # the front end's, while it is being built
+            if ref is not None and ref[0] == self.n_ref:
+                psi1 = ref[1]
+            else:
+                psi1 = np.stack([sc._filter(self.n_ref, p) for p in sc._psi1_meta])
             self.rule1 = _RuleBank(psi1, sc.first_order_k(), cap=self.tap_reach)
             del psi1
         self._rule2: dict[tuple, _RuleBank] = {}
