@@ -80,3 +80,19 @@ def test_front_end_builds_each_filter_as_kymatio_does():
             np.testing.assert_array_equal(sc._filter(n, meta, level), lev)
     for level, lev in enumerate(phi_f["levels"]):
         np.testing.assert_array_equal(sc._filter(n, None, level), lev)
+
+
+@pytest.mark.parametrize("n", [2**12, 2**15])
+@pytest.mark.parametrize(
+    "xi, sigma", [(0.35, 0.1), (0.35, 0.03), (0.01, 0.002), (0.4, 0.17), (0.2, 0.5), (None, 0.1 / 512), (None, 0.1)]
+)
+def test_morlet_builder_is_kymatios_bit_for_bit(n, xi, sigma):
+    """Only the Gaussian samples that do not underflow are evaluated; the filter must not change at all
+    (sigma up to 0.5 takes kymatio's 5 periods)."""
+    from kymatio.scattering1d.filter_bank import adaptive_choice_P, gauss_1d, morlet_1d
+
+    from pipeline.scattering import morlet_fourier
+
+    ref = morlet_1d(n, xi, sigma) if xi else gauss_1d(n, sigma)
+    np.testing.assert_array_equal(morlet_fourier(n, xi, sigma), ref)
+    assert min(adaptive_choice_P(sigma), 5) >= 2
