@@ -68,8 +68,8 @@ neighbours, nothing further; within a filter, 99 % of it lies within ~1.5 filter
 code, which sums across filters at one time instant, discards the time neighbours, which carry most of the
 mass because the decimated coefficients are still oversampled. The rule filters' time supports (all but
 1e-7 of their L1 mass) are 150-1 650 samples above 700 Hz and ~21 600 at 35-80 Hz; the two lowest (11 and
-22 Hz), where the frame is far from tight, decay slowly and are windowed to the streaming reach
-(:class:`_RuleBank`), with their keep costs computed for the windowed filters.
+22 Hz), where the frame is far from tight, decay slowly and are windowed to the noise window's reach
+(``tap_reach``, :class:`_RuleBank`), with their keep costs computed for the windowed filters.
 
 The pipeline's rule (mode ``risk``) is the plug-in version: ``c_i c_j`` is replaced by its unbiased estimate
 ``y_i y_j - (C_noise)_ij``:
