@@ -44,13 +44,6 @@ SPECS = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "simple.pt"
-    train_simple_detector(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def recordings(tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("recordings")
     return folder, write_recordings(folder, SPECS)

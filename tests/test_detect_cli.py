@@ -20,7 +20,7 @@ import cli
 from pipeline import batch
 from pipeline.batch import DetectParams, run_detect
 from pipeline.store import STORE_NAME, ResultsStore
-from tests.simple_detector import train_simple_detector, write_recordings
+from tests.simple_detector import write_recordings
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
@@ -32,13 +32,6 @@ N_FILES = 10
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "simple.pt"
-    train_simple_detector(path)
-    return path
 
 
 @pytest.fixture(scope="module")
