@@ -46,7 +46,7 @@ from .segments import WindowSpec, events_from_windows, iter_windows
 from .store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
-SCORE_BATCH = 32
+SCORE_BATCH = 8
 
 
 def default_model_path() -> Path:
