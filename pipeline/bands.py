@@ -14,7 +14,9 @@ bins above ``m / 2`` are then read as the conjugates of their mirror bins.
 
 from __future__ import annotations
 
+from collections import abc
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,11 +75,11 @@ class Band:
             for f, pieces in enumerate(self.segments):
                 for lo, at, w in pieces:
                     L = w.shape[0]
-                    if lo >= 0:
-                        out[..., f, at : at + L] = Y[..., lo : lo + L] * w
+                    if lo >= 0:  # the product is written in place: no temporary of the band's size
+                        torch.mul(Y[..., lo : lo + L], w, out=out[..., f, at : at + L])
                     else:  # bins above m / 2 of a real signal: conjugates of the mirror bins, in reverse
                         hi = -lo  # the mirror of the piece's first bin
-                        out[..., f, at : at + L] = Y[..., hi - L + 1 : hi + 1].flip(-1).conj() * w
+                        torch.mul(Y[..., hi - L + 1 : hi + 1].flip(-1).conj(), w, out=out[..., f, at : at + L])
             return out[..., 0, :] if self.single else out
         src = self.src[0] if self.single else self.src
         w = self.weight[0] if self.single else self.weight
@@ -89,14 +91,39 @@ class Band:
         return v.sum(-2) if self.rows > 1 else v.squeeze(-2)
 
 
+class FilterStack(abc.Sequence):
+    """A bank of ``count`` real Fourier filters of length ``n``, each built when it is read.
+
+    Stands where a ``(count, n)`` float64 array would (``len``, indexing, iteration, ``shape``) without
+    holding it: the first-order bank at a 2**17 reference length is ~84 MB, and rebuilding a filter costs
+    ~5 ms.
+    """
+
+    def __init__(self, n: int, count: int, build: Callable[[int], np.ndarray]) -> None:
+        self.n, self.count, self._build = int(n), int(count), build
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.count, self.n)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return self._build(i % self.count)
+
+
 def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_REL) -> Band:
     """Build the :class:`Band` of real Fourier filters ``filters`` (F, m) (or (m,)) subsampled by ``2**d``.
 
     Parameters
     ----------
-    filters : ndarray, shape (F, m) or (m,)
-        Real Fourier responses at ``np.fft.fftfreq(m)``; one 1-D filter makes a band without a filter
-        axis, applied alike to every row of its input.
+    filters : ndarray, shape (F, m) or (m,), or a sequence of F rows of length m
+        Real Fourier responses at ``np.fft.fftfreq(m)``; one 1-D array makes a band without a filter
+        axis, applied alike to every row of its input. A sequence (a list, a
+        :class:`~pipeline.scattering.FilterStack`) is read one row at a time.
     d : int
         log2 subsampling: the output has ``T = m / 2**d`` bins.
     half : bool
@@ -104,25 +131,38 @@ def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_R
     rel : float
         Bins where ``|h| <= rel * max|h|`` are dropped.
     """
-    single = np.ndim(filters) == 1
-    h = np.atleast_2d(np.asarray(filters, dtype=np.float64))
-    F, m = h.shape
+    single = not isinstance(filters, abc.Sequence) and np.ndim(filters) == 1
+    rows = [filters] if single else filters
+    # each row reduced to its run at once: a sequence of rows built on access (a FilterStack) is never
+    # held whole, so a band of long filters costs its runs, not F x m float64
+    runs: list[tuple[int, np.ndarray]] = []
+    m = None
+    for row in rows:
+        row = np.asarray(row, dtype=np.float64)
+        if m is None:
+            m = row.size
+        elif row.size != m:
+            raise ValueError(f"filters of different lengths: {m} and {row.size}")
+        start, length = _run(row, rel)
+        runs.append((start, row[np.arange(start, start + length) % m]))
+    if m is None:
+        raise ValueError("no filters")
+    F = len(runs)
     T = m >> int(d)
     if T << int(d) != m:
         raise ValueError(f"length {m} is not a multiple of 2**{d}")
-    runs = [_run(row, rel) for row in h]
-    r = max(-(-length // T) for _, length in runs)
+    r = max(-(-vals.size // T) for _, vals in runs)
     segments = None
     if r == 1:
         segments = []
-        for f, (start, length) in enumerate(runs):
-            pieces, i = [], 0
+        for start, vals in runs:
+            pieces, i, length = [], 0, vals.size
             while i < length:
                 b, at = (start + i) % m, (start + i) % T
                 # up to the next wrap of the input or the output (and, in a half spectrum, of its mirror)
                 edge = (m // 2 + 1 if b <= m // 2 else m) if half else m
                 step = min(length - i, edge - b, T - at)
-                w = torch.from_numpy((h[f, b : b + step] / 2**d).astype(np.float32))
+                w = torch.from_numpy((vals[i : i + step] / 2**d).astype(np.float32))
                 # a negative source marks bins read as conjugates of their mirrors: -(m - b) = mirror of b
                 pieces.append((-(m - b) if half and b > m // 2 else b, at, w))
                 i += step
@@ -132,14 +172,15 @@ def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_R
     src = np.zeros((F, r, T), dtype=np.int64)
     w = np.zeros((F, r, T), dtype=np.float64)
     j = np.arange(T)
-    for f, (start, length) in enumerate(runs):
+    for f, (start, vals) in enumerate(runs):
+        length = vals.size
         # row a, column j: the a-th bin of the run [start, start + length) congruent to j mod T
         first = start + (j - start) % T
         for a in range(r):
             b = first + a * T
             inside = b < start + length
             src[f, a] = np.where(inside, b % m, 0)
-            w[f, a] = np.where(inside, h[f, b % m], 0.0) / 2**d
+            w[f, a] = np.where(inside, vals[np.minimum(b - start, length - 1)], 0.0) / 2**d
     if half:
         neg = src > m // 2
         src = np.where(neg, (m - src) % m, src)

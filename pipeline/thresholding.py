@@ -143,7 +143,7 @@ import numpy as np
 import scipy.fft as sfft
 import torch
 
-from .bands import Band, band
+from .bands import Band, FilterStack, band
 from .config import THRESHOLD_MODES
 
 #: Band of the regularised dual, on the filters' coverage ``C(w) = 1/2 sum (psi_hat(w)^2 + psi_hat(-w)^2)``
@@ -631,8 +631,10 @@ class _RuleBank:
     cost stays the exact expectation of the statistic actually used.
     """
 
-    def __init__(self, filters: np.ndarray, log2_step: Sequence[int], cap: int) -> None:
-        filters = np.asarray(filters, dtype=np.float64)
+    def __init__(self, filters: np.ndarray | Sequence[np.ndarray], log2_step: Sequence[int], cap: int) -> None:
+        # an array, or any sequence of equal-length rows (the front end's FilterStack builds them on access)
+        if not hasattr(filters, "shape"):
+            filters = np.asarray(filters, dtype=np.float64)
         K, n_ref = filters.shape
         if 2 * cap + 1 > n_ref:
             raise ValueError(f"reference length {n_ref} too short for taps of half-width {cap}")
@@ -654,7 +656,7 @@ class _RuleBank:
         rho = np.empty(K)
         bandwidth = np.empty(K)
         for k in range(K):
-            psi_hat = filters[k]
+            psi_hat = np.asarray(filters[k], dtype=np.float64)
             rule_hat = psi_hat * gain
             norm2 = float((psi_hat**2).sum())
             rho[k] = float((psi_hat * rule_hat).sum()) / norm2  # (G~ G)_ii / ||psi||^2
@@ -694,23 +696,29 @@ class _RuleBank:
         key = (n, tuple(int(i) for i in index), int(k))
         b = self._bands.get(key)
         if b is None:
-            b = band(self.spectra(n, index).numpy().astype(np.float64), int(k))
+            index = [int(i) for i in index]
+            # one filter's spectrum at a time: (F, n) float64 at n = 2**19 would be ~34 MB per group
+            rows = FilterStack(n, len(index), lambda j: self.spectra(n, [index[j]])[0].numpy())
+            b = band(rows, int(k))
             self._bands[key] = b
         return b
 
 
-def decision(stat: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+def decision(stat: torch.Tensor, thr: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Keep (1) where ``stat > thr``, kill (0) below, with a linear ramp ``DECISION_RAMP * thr`` wide.
 
     A 0/1 step would make the output jump when rounding moves a statistic across its threshold, and buffers of
     different FFT lengths round differently; the ramp keeps streamed output equal to whole-signal output to
-    rounding. Its width (1 % of the threshold) holds ~0.3 % of pure-noise coefficients.
+    rounding. Its width (1 % of the threshold) holds ~0.3 % of pure-noise coefficients. With ``inplace``,
+    ``stat`` and ``thr`` are overwritten (the result is ``stat``): no allocation.
     """
-    return ((stat - thr) / (DECISION_RAMP * thr + 1e-30) + 0.5).clamp(0.0, 1.0)
+    if not inplace:
+        stat, thr = stat.clone(), thr.clone()
+    return stat.sub_(thr).div_(thr.mul_(DECISION_RAMP).add_(1e-30)).add_(0.5).clamp_(0.0, 1.0)
 
 
-def window_mean(x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
-    """Centred circular moving mean along the last axis, of odd width ``widths[f]`` for row ``f``.
+def window_sum(x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+    """Centred circular moving sum along the last axis, of odd width ``widths[f]`` for row ``f``, in float64.
 
     Parameters
     ----------
@@ -719,34 +727,46 @@ def window_mean(x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
 
     Returns
     -------
-    Tensor, same shape and dtype
-        ``out[..., f, t] = mean(x[..., f, t - h : t + h + 1])`` (indices mod ``T``), ``h = widths[f] // 2``.
+    Tensor, float64, same shape as ``x``
+        ``out[..., f, t] = sum(x[..., f, t - h : t + h + 1])`` (indices mod ``T``), ``h = widths[f] // 2``.
         Windows longer than ``T`` wrap more than once, as a circular filter does.
 
     Notes
     -----
     One running sum per row, in float64, over the row padded circularly by the longest half-width; each
     window is a difference of two prefix sums, which in float32 would carry the rounding of everything
-    before it, so a chunk and the whole signal would differ.
+    before it, so a chunk and the whole signal would differ. The padded row is written straight into the
+    float64 buffer that is then summed in place, and each difference straight into the output: two
+    allocations, where a first-order group of 2**18 coefficients is ~2 MB each.
     """
     widths = np.asarray(widths, dtype=np.int64)
     T = x.shape[-1]
     H = int(widths.max()) // 2
-    if H == 0:
-        return x.clone()
-    # padded[j] = x[(j - H - 1) mod T]: one extra sample on the left, so that every window's sum is a
-    # difference of two prefix sums c[i] = sum(padded[: i + 1]) with both indices >= 0
+    # c[j] = x[(j - H - 1) mod T]: one extra sample on the left, so that every window's sum is a difference
+    # of two prefix sums C[i] = sum(c[: i + 1]) with both indices >= 0
+    c = torch.empty(*x.shape[:-1], T + 2 * H + 1, dtype=torch.float64)
     if H + 1 <= T:  # circular padding by slices
-        padded = torch.cat([x[..., T - H - 1 :], x, x[..., :H]], dim=-1)
+        c[..., : H + 1] = x[..., T - H - 1 :]
+        c[..., H + 1 : H + 1 + T] = x
+        c[..., H + 1 + T :] = x[..., :H]
     else:  # windows wrapping more than once
-        padded = x[..., torch.arange(-H - 1, T + H) % T]
-    c = torch.cumsum(padded, dim=-1, dtype=torch.float64)
-    out = torch.empty_like(x)
+        c[...] = x[..., torch.arange(-H - 1, T + H) % T]
+    c.cumsum_(dim=-1)
+    out = torch.empty(*x.shape, dtype=torch.float64)
     for f, w in enumerate(widths.tolist()):
         h = w // 2
-        # window of x[t - h .. t + h] = padded[t + H + 1 - h .. t + H + 1 + h]
-        out[..., f, :] = ((c[..., f, H + 1 + h : H + 1 + h + T] - c[..., f, H - h : H - h + T]) / w).to(x.dtype)
+        # window of x[t - h .. t + h] = c[t + H + 1 - h .. t + H + 1 + h]
+        torch.sub(c[..., f, H + 1 + h : H + 1 + h + T], c[..., f, H - h : H - h + T], out=out[..., f, :])
     return out
+
+
+def window_mean(x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+    """Centred circular moving mean along the last axis, of odd width ``widths[f]`` for row ``f``.
+
+    :func:`window_sum` divided by the widths, in ``x``'s dtype.
+    """
+    w = torch.as_tensor(np.asarray(widths, dtype=np.float64))[:, None]
+    return (window_sum(x, widths) / w).to(x.dtype)
 
 
 def _fold_t(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -807,11 +827,7 @@ class ScatteringThresholder:
         # taps are cut from filters at a reference length beyond twice their half-width
         self.n_ref = 1 << int(math.ceil(math.log2(2 * self.tap_reach + 2)))
         if self.mode == "risk":
-            ref = getattr(sc, "_psi1_ref", None)  # the front end's, while it is being built
-            if ref is not None and ref[0] == self.n_ref:
-                psi1 = ref[1]
-            else:
-                psi1 = np.stack([sc._filter(self.n_ref, p) for p in sc._psi1_meta])
+            psi1 = sc.psi1_filters(self.n_ref)  # built filter by filter: the stack would be ~84 MB
             self.rule1 = _RuleBank(psi1, sc.first_order_k(), cap=self.tap_reach)
             del psi1
         self._rule2: dict[tuple, _RuleBank] = {}
@@ -852,7 +868,11 @@ class ScatteringThresholder:
         idx = (torch.arange(length) - left) % npts
         win = pts[..., idx].unfold(-1, per_window, per_block)
         med = win.median(dim=-1).values / _LN2
-        block_of = (torch.arange(a2.shape[-1]) << k) // B
+        T = a2.shape[-1]
+        per = B >> k  # coefficients per block
+        if per * med.shape[-1] == T:  # whole blocks (every streaming buffer): repeat, no index tensor
+            return med.repeat_interleave(per, dim=-1)
+        block_of = (torch.arange(T) << k) // B
         return med[..., block_of]
 
     # -- the decision ------------------------------------------------------------------------------------
@@ -890,20 +910,28 @@ class ScatteringThresholder:
         widths: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Real gain in [0, 1] per coefficient (0/1 up to the ramp, or the soft-threshold shrinkage)."""
-        a2 = y.real**2 + y.imag**2
+        a2 = y.real.square()
+        a2.addcmul_(y.imag, y.imag)  # |y|^2, one allocation
         s2 = self.noise_level(a2, k, n)
         if self.mode == "universal-soft":
             # shrink the modulus by the threshold, keep the phase
             return (1.0 - torch.sqrt(s2 * self.universal**2 / a2.clamp_min(1e-30))).clamp_min(0.0)
         if self.mode == "risk":
-            stat = y.real * z.real + y.imag * z.imag  # Re(conj(y) z): the plug-in estimate, noise included
-            thr = 2.0 * rho[:, None] * s2  # twice the keep cost
+            del a2
+            stat = y.real * z.real
+            stat.addcmul_(y.imag, z.imag)  # Re(conj(y) z): the plug-in estimate, noise included
+            del z  # the caller holds no other reference: freed here
+            thr = s2.mul_(2.0 * rho[:, None])  # twice the keep cost (s2 is not needed after this)
             if widths is not None:
-                # kill and keep costs summed over the coefficient's decision window (see RULE_INDEPENDENT)
-                stat, thr = window_mean(stat, widths), window_mean(thr, widths)
+                # kill and keep costs summed over the coefficient's decision window (see RULE_INDEPENDENT);
+                # the decision compares the sums as it would the means (it is scale-free). One after the
+                # other, so that each float32 statistic is freed as soon as its sums exist.
+                stat = window_sum(stat, widths)
+                thr = window_sum(thr, widths)
+                return decision(stat, thr, inplace=True).to(y.real.dtype)
         else:  # universal-hard
-            stat, thr = a2, s2 * self.universal**2
-        return decision(stat, thr)
+            stat, thr = a2, s2.mul_(self.universal**2)
+        return decision(stat, thr, inplace=True)
 
     def first_order_gains(self, X: torch.Tensor, U1: list[torch.Tensor], groups) -> list[torch.Tensor]:
         """Gains of the first-order coefficients of buffers with spectrum ``X`` (B, n).
@@ -914,14 +942,22 @@ class ScatteringThresholder:
         n = X.shape[-1]
         out = []
         for g, u in zip(groups, U1):
-            z = rho = None
-            widths = None
+            rho = widths = None
             if self.rule1 is not None:
                 idx = list(g.index)
-                z = self._rule_coefficients(X, self.rule1, idx, g.k)
                 rho = torch.from_numpy(self.rule1.rho[idx].astype(np.float32))
                 widths = self.decision_widths(self.rule1.bandwidth[idx], g.k)
-            out.append(self._gain(u, z, rho, g.k, n, widths))
+            # z is passed without a name here, so that _gain can free it once it is used (peak memory)
+            out.append(
+                self._gain(
+                    u,
+                    self._rule_coefficients(X, self.rule1, idx, g.k) if self.rule1 is not None else None,
+                    rho,
+                    g.k,
+                    n,
+                    widths,
+                )
+            )
         return out
 
     @staticmethod

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bands import band
+from pipeline.bands import FilterStack, band
 from pipeline.config import FeatureConfig
 from pipeline.scattering import Scattering
 
@@ -96,3 +96,31 @@ def test_morlet_builder_is_kymatios_bit_for_bit(n, xi, sigma):
     ref = morlet_1d(n, xi, sigma) if xi else gauss_1d(n, sigma)
     np.testing.assert_array_equal(morlet_fourier(n, xi, sigma), ref)
     assert min(adaptive_choice_P(sigma), 5) >= 2
+
+
+@pytest.mark.parametrize("d, half", [(0, False), (3, True), (7, True)])
+def test_a_band_read_row_by_row_equals_the_stacked_one(filters, d, half):
+    """A FilterStack (rows built on access) gives the same band as the stacked array, gather (d=7: wider
+    than the output band) and contiguous pieces alike, and each row is built once."""
+    m, phi, psi1, _ = filters
+    H = np.stack([p["levels"][0] for p in psi1] + [phi["levels"][0]])
+    built = []
+
+    def row(i: int) -> np.ndarray:
+        built.append(i)
+        return H[i]
+
+    stack = FilterStack(m, H.shape[0], row)
+    assert len(stack) == H.shape[0] and stack.shape == H.shape
+    a, b = band(H, d, half=half), band(stack, d, half=half)
+    assert built == list(range(H.shape[0]))
+    Y = np.fft.rfft if half else np.fft.fft
+    x = torch.from_numpy(Y(np.random.default_rng(2).standard_normal((2, m))).astype(np.complex64))
+    np.testing.assert_array_equal(a.apply(x).numpy(), b.apply(x).numpy())
+    with pytest.raises(IndexError):
+        stack[H.shape[0]]
+
+
+def test_a_band_refuses_rows_of_different_lengths():
+    with pytest.raises(ValueError, match="different lengths"):
+        band([np.ones(16), np.ones(32)], 0)

@@ -166,3 +166,14 @@ def test_scatter_file_streams_from_disk(tmp_path):
 def test_bad_fft_size():
     with pytest.raises(ValueError, match="fft_size"):
         Scattering(SMALL, fft_size=1000)
+
+
+def test_modulus_equals_torch_abs():
+    from pipeline.scattering import modulus
+
+    rng = np.random.default_rng(4)
+    z = torch.from_numpy((rng.standard_normal((3, 1000)) + 1j * rng.standard_normal((3, 1000))).astype(np.complex64))
+    z[0, :10] = 0  # exact zeros stay zero
+    z[1, :10] = 1e-12 * z[1, :10]  # small coefficients
+    np.testing.assert_allclose(modulus(z).numpy(), z.abs().numpy(), rtol=2e-7, atol=1e-18)
+    assert (modulus(z)[0, :10] == 0).all()

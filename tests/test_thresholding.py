@@ -306,6 +306,52 @@ def test_window_mean_equals_a_slow_loop():
             np.testing.assert_allclose(out[:, f, t], ref, rtol=1e-5, atol=1e-6)
 
 
+def test_window_sum_is_float64_and_the_mean_times_the_width():
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((3, 50)).astype(np.float32))
+    widths = [3, 1, 101]
+    s = thresholding.window_sum(x, widths)
+    assert s.dtype == torch.float64 and s.shape == x.shape
+    m = thresholding.window_mean(x, widths)
+    np.testing.assert_allclose(s.numpy(), m.numpy() * np.array(widths)[:, None], rtol=1e-5, atol=1e-5)
+    # width 1: the row itself, exactly
+    np.testing.assert_array_equal(s[1].numpy(), x[1].numpy().astype(np.float64))
+
+
+def test_decision_in_place_equals_the_copying_one():
+    rng = np.random.default_rng(6)
+    stat = torch.from_numpy(rng.uniform(0, 2, 1000))
+    thr = torch.ones(1000, dtype=torch.float64)
+    ref = thresholding.decision(stat, thr)
+    assert (stat.numpy() <= 2).all() and (thr == 1).all()  # not touched
+    # 0 below thr * 0.995, 1 above thr * 1.005, linear between
+    expect = np.clip((stat.numpy() - 1) / 0.01 + 0.5, 0, 1)
+    np.testing.assert_allclose(ref.numpy(), expect, atol=1e-9)
+    out = thresholding.decision(stat.clone(), thr.clone(), inplace=True)
+    np.testing.assert_array_equal(out.numpy(), ref.numpy())
+
+
+def test_noise_level_equals_a_slow_median_per_block(front_end):
+    """Each coefficient gets the lower median / ln 2 of the points in the noise window centred on its block,
+    whether the buffer holds whole blocks (every streaming buffer: the levels are repeated) or not (indexed)."""
+    th = front_end._thresholder
+    rng = np.random.default_rng(7)
+    for k in (0, 3):
+        for n in (4 * th.block, 4 * th.block + th.hop):
+            a2 = rng.exponential(size=(1, 2, n >> k)).astype(np.float32)
+            levels = th.noise_level(torch.from_numpy(a2), k, n).numpy()
+            assert levels.shape == a2.shape
+            step = max(1 << k, th.hop // thresholding.NOISE_POINTS_PER_HOP)
+            pts = a2[..., :: step >> k]
+            per_block, per_window = th.block // step, th.window // step
+            for t in range(0, n >> k, 97):
+                b = (t << k) // th.block
+                lo = b * per_block + per_block // 2 - per_window // 2
+                win = np.sort(pts[..., np.arange(lo, lo + per_window) % pts.shape[-1]], axis=-1)
+                ref = win[..., (per_window - 1) // 2] / math.log(2)
+                np.testing.assert_allclose(levels[..., t], ref, rtol=1e-6)
+
+
 def test_decision_windows_hold_the_same_number_of_independent_samples(front_end):
     th = front_end._thresholder
     sr = front_end.config.sample_rate
