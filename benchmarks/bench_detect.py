@@ -1,7 +1,7 @@
 """`scatterbird detect` at scale: real-time factor with 1 and 2 workers, and peak memory vs file length.
 
     .venv/bin/python benchmarks/bench_detect.py [--hours 1] [--long-hours 1 10] [--model MODEL.pt]
-                                                [--workdir DIR] [--quick]
+                                                [--workdir DIR] [--quick] [--baseline-seconds 300]
 
 1. **Real-time factor.** ``--hours`` of synthetic audio (bird calls over pink noise) in 12 files, half 16-bit
    WAV at 22,050 Hz, half FLAC at 48,000 Hz (resampled to the pipeline's 22,050 Hz on the way), goes through
@@ -9,6 +9,12 @@
    time) with 1 and with 2 workers. Real-time factor = wall seconds / audio seconds (below 1: faster than
    real time), timed around the whole command (interpreter and worker start-up included); the ratio of the
    two is the parallel speed-up.
+   Beside it: the front end's **operation-count floor** for the collection (``bench_scattering.flop_floor``,
+   file by file) and the GFLOP/s that each run achieves end to end; and a **baseline in the same run**: the
+   first ``--baseline-seconds`` of the same files decoded and resampled by the same reader and scattered by
+   kymatio's own ``Scattering1D`` (torch, 2**16-sample chunks, J and Q of the default configuration, its
+   filters built inside the timing as ours are), with the ratio of the two speeds. The baseline neither
+   scores nor stores, so it is a lower bound on a kymatio-based detector's time.
 2. **Peak memory.** One recording of each of ``--long-hours`` (16-bit WAV at 22,050 Hz, written block by
    block) goes through the same command with 1 worker (in-process); the process reports its own peak
    resident set size (VmHWM) on exit (``wait4``'s ru_maxrss would include this benchmark's own peak: Linux
@@ -131,6 +137,51 @@ def run_cli(args: list[str]) -> tuple[float, float, int, str]:
     return wall, float(text) / 1024 if text else float("nan"), proc.returncode, proc.stdout
 
 
+def kymatio_baseline(folder: Path, seconds: float) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of decode + resample + kymatio's Scattering1D over the first ``seconds``
+    of ``folder``'s files (sorted), in 2**16-sample chunks, with the default configuration's J and Q."""
+    import torch
+    from kymatio.scattering1d.frontend.torch_frontend import ScatteringTorch1D
+
+    from pipeline.audio import stream_audio
+
+    c = FeatureConfig()
+    chunk = 2**16
+    t0 = time.perf_counter()
+    kym = ScatteringTorch1D(J=c.J, shape=chunk, Q=(c.Q1, c.Q2))
+    done = 0
+    with torch.no_grad():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            pending = np.zeros(0, dtype=np.float32)
+            for block in stream_audio(path, c.sample_rate):
+                pending = np.concatenate([pending, block])
+                while pending.size >= chunk:
+                    kym(torch.from_numpy(pending[:chunk].copy()))
+                    pending = pending[chunk:]
+                    done += chunk
+                    if done >= seconds * c.sample_rate:
+                        return done / c.sample_rate, time.perf_counter() - t0
+            if pending.size:
+                kym(torch.from_numpy(np.pad(pending, (0, chunk - pending.size))))
+                done += pending.size
+    return done / c.sample_rate, time.perf_counter() - t0
+
+
+def scattering_floor(folder: Path) -> float:
+    """The front end's operation-count floor (bench_scattering.flop_floor) summed over ``folder``'s files at
+    the pipeline's sample rate."""
+    from benchmarks.bench_scattering import flop_floor
+    from pipeline.scattering import Scattering
+
+    c = FeatureConfig()
+    sc = Scattering(c)
+    total = 0.0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        info = sf.info(str(path))
+        total += flop_floor(sc, int(round(info.frames * c.sample_rate / info.samplerate)))
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hours", type=float, default=1.0, help="audio for the real-time factor (default 1)")
@@ -140,6 +191,8 @@ def main() -> None:
     ap.add_argument("--model", help="a trained detector (default: train the small test detector)")
     ap.add_argument("--workdir", help="keep the audio and stores here (default: a temporary folder)")
     ap.add_argument("--quick", action="store_true", help="0.1 h collection, 0.1 h and 1 h files")
+    ap.add_argument("--baseline-seconds", type=float, default=300.0,
+                    help="audio run through decode + kymatio's Scattering1D as the same-run baseline (0: skip)")
     args = ap.parse_args()
     if args.quick:
         args.hours, args.long_hours = 0.1, [0.1, 1.0]
@@ -179,6 +232,22 @@ def main() -> None:
         for n in rtf:
             if n != 1:
                 print(f"speed-up of {n} workers over 1: {rtf[1] / rtf[n]:.2f}x")
+    if rtf:
+        # the operation-count floor of the scattering alone, file by file (each file's own margins)
+        floor = scattering_floor(coll)
+        for n, r in rtf.items():
+            print(f"workers={n}: scattering floor {floor / 1e9:.1f} GFLOP for the collection "
+                  f"({floor / audio_s / FeatureConfig().sample_rate:,.0f} flops per audio sample), "
+                  f"{floor / (r * audio_s) / 1e9:.2f} GFLOP/s achieved end to end")
+    if args.baseline_seconds > 0 and rtf:
+        # kymatio's front end on the same files, decoded and resampled by the same reader, in this run
+        kym_s, kym_wall = kymatio_baseline(coll, args.baseline_seconds)
+        kym_rtf = kym_wall / kym_s
+        print(f"baseline: decode + resample + kymatio Scattering1D (torch, 2^16-sample chunks, its filters "
+              f"built in the timing) on the first {kym_s:.0f} s of the collection: {kym_wall:.1f} s wall = "
+              f"{1 / kym_rtf:.1f}x real time (no scoring, no store: a lower bound for a kymatio-based detector)")
+        for n, r in rtf.items():
+            print(f"workers={n}: scatterbird detect is {kym_rtf / r:.2f}x the kymatio baseline's speed")
 
     # 2. peak memory against file length
     if not args.long_hours:
