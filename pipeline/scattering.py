@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -343,8 +343,23 @@ class Scattering:
             h = morlet_fourier(n, meta["xi"], meta["sigma"])
         return periodize_filter_fourier(h, 2**level) if level else h
 
-    @lru_cache(maxsize=2)
     def _bank(self, n: int) -> _Bank:
+        """The filters at FFT length ``n``, built once and kept for the two lengths used last.
+
+        Per instance: a ``functools.lru_cache`` on the method would be shared by every instance (two
+        front ends in one process evicting each other's banks, ~1.5 s to rebuild at 2**19) and would keep
+        the instances alive.
+        """
+        cache: OrderedDict[int, _Bank] = self.__dict__.setdefault("_banks", OrderedDict())
+        bank = cache.get(n)
+        if bank is None:
+            bank = cache[n] = self._build_bank(n)
+            while len(cache) > 2:
+                cache.popitem(last=False)
+        cache.move_to_end(n)
+        return bank
+
+    def _build_bank(self, n: int) -> _Bank:
         if n % self.hop:
             raise ValueError(f"buffer length {n} is not a multiple of the hop {self.hop}")
         lt = self.log2_T

@@ -177,3 +177,14 @@ def test_modulus_equals_torch_abs():
     z[1, :10] = 1e-12 * z[1, :10]  # small coefficients
     np.testing.assert_allclose(modulus(z).numpy(), z.abs().numpy(), rtol=2e-7, atol=1e-18)
     assert (modulus(z)[0, :10] == 0).all()
+
+
+def test_filter_banks_are_cached_per_instance():
+    """Two front ends in one process keep their own banks (a cache shared by all instances made them evict
+    each other's), and one instance keeps the two lengths it used last."""
+    a, b = Scattering(SMALL, fft_size=2**14), Scattering(SMALL, fft_size=2**14)
+    ba = a._bank(2**14)
+    for _ in range(3):
+        b._bank(2**14), b._bank(2**15), b._bank(2**16)
+    assert a._bank(2**14) is ba
+    assert b._bank(2**16) is b._bank(2**16) and list(b._banks) == [2**15, 2**16]
