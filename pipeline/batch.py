@@ -41,12 +41,16 @@ from . import __version__
 from .audio import AudioError, stream_audio
 from .config import FeatureConfig
 from .inputs import find_audio
+from .memory import release_free_memory
 from .scattering import Scattering
 from .segments import WindowSpec, events_from_windows, iter_windows
 from .store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
 SCORE_BATCH = 8
+
+#: Seconds of audio between two hand-backs of the allocator's free memory (:mod:`pipeline.memory`).
+RELEASE_EVERY_S = 600.0
 
 
 def default_model_path() -> Path:
@@ -143,6 +147,7 @@ def detect_file(
         rows: list[tuple[float, float]] = []
         scores: list[np.ndarray] = []
         pending: list[np.ndarray] = []
+        released_at = 0.0
 
         def score() -> None:
             p = np.asarray(detector.predict_proba(pending), dtype=np.float64).reshape(-1)
@@ -151,6 +156,11 @@ def detect_file(
                                  f"for {len(pending)} windows")
             scores.append(p)
             pending.clear()
+            nonlocal released_at
+            done_s = rows[-1][1]
+            if done_s - released_at >= RELEASE_EVERY_S:  # long files: keep the process from creeping up
+                release_free_memory()
+                released_at = done_s
             if progress is not None:
                 progress(rows[-1][1])
 
