@@ -123,7 +123,7 @@ def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_R
     filters : ndarray, shape (F, m) or (m,), or a sequence of F rows of length m
         Real Fourier responses at ``np.fft.fftfreq(m)``; one 1-D array makes a band without a filter
         axis, applied alike to every row of its input. A sequence (a list, a
-        :class:`~pipeline.scattering.FilterStack`) is read one row at a time.
+        :class:`FilterStack`) is read one row at a time.
     d : int
         log2 subsampling: the output has ``T = m / 2**d`` bins.
     half : bool

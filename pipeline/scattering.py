@@ -18,8 +18,8 @@ frames to float32 rounding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
