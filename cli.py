@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, "") and str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python cli.py` from a checkout
-
-from pipeline import __version__  # noqa: E402
-from pipeline.config import THRESHOLD_MODES, ConfigError, FeatureConfig  # noqa: E402
+from scatterbird.pipeline.config import THRESHOLD_MODES, ConfigError, FeatureConfig
+from scatterbird.version import __version__
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0
@@ -54,8 +51,8 @@ def _report_problems(problems: Sequence[tuple[str, str]], what: str = "skipped")
 
 # -- features ------------------------------------------------------------------------------------
 def cmd_features(args: argparse.Namespace) -> int:
-    from pipeline.features import extract_features
-    from pipeline.inputs import find_audio
+    from scatterbird.pipeline.frontend.features import extract_features
+    from scatterbird.pipeline.frontend.inputs import find_audio
 
     config = _config_from(args)
     scan = find_audio(args.inputs, args.ext)
@@ -74,16 +71,16 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 # -- detect / export / failures / merge ----------------------------------------------------------------
 def _batch_errors() -> tuple[type[BaseException], ...]:
-    from models.base import DetectorError
-    from pipeline.batch import BatchError
-    from pipeline.store import StoreError
+    from scatterbird.models.base import DetectorError
+    from scatterbird.pipeline.detect.batch import BatchError
+    from scatterbird.pipeline.detect.store import StoreError
 
     return (BatchError, DetectorError, StoreError, ValueError)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from pipeline.batch import DetectParams, parse_shard, run_detect, shard_from_env
-    from pipeline.exports import parse_formats
+    from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_detect, shard_from_env
+    from scatterbird.pipeline.detect.exports import parse_formats
 
     try:
         summary = run_detect(
@@ -107,7 +104,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.exports import export_store, parse_formats
+    from scatterbird.pipeline.detect.exports import export_store, parse_formats
 
     try:
         run, written = export_store(args.outdir, parse_formats(args.format), run_id=args.run, to=args.to)
@@ -120,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from pipeline.store import STORE_NAME, ResultsStore
+    from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
 
     try:
         with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
@@ -136,8 +133,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from pipeline.exports import export_store, parse_formats
-    from pipeline.store import STORE_NAME, iter_store_paths, merge_stores
+    from scatterbird.pipeline.detect.exports import export_store, parse_formats
+    from scatterbird.pipeline.detect.store import STORE_NAME, iter_store_paths, merge_stores
 
     sources = args.stores or list(iter_store_paths(args.outdir))
     if not sources:
@@ -165,8 +162,8 @@ def _pool_for(args: argparse.Namespace) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.base import DetectorError
-    from pipeline.training import TrainingError, parse_params, run_train
+    from scatterbird.models.base import DetectorError
+    from scatterbird.pipeline.train.training import TrainingError, parse_params, run_train
 
     config = _config_from(args).replace(pool_s=_pool_for(args))
     inputs = {"unlabeled": args.unlabeled or [], "labelled_fraction": args.labelled_fraction, "window_s": args.window}
@@ -195,9 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- evaluate / crossval -------------------------------------------------------------------------------
 def _evaluation_errors() -> tuple[type[BaseException], ...]:
-    from models.base import DetectorError
-    from pipeline.evaluate import DatasetError
-    from pipeline.training import TrainingError
+    from scatterbird.models.base import DetectorError
+    from scatterbird.pipeline.evaluate.run import DatasetError
+    from scatterbird.pipeline.train.training import TrainingError
 
     return (DatasetError, DetectorError, TrainingError)
 
@@ -220,7 +217,7 @@ def _print_run(run, incomplete: bool) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate, load_datasets, load_model
+    from scatterbird.pipeline.evaluate.run import evaluate, load_datasets, load_model
 
     try:
         datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
@@ -237,17 +234,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import crossval, load_datasets, make_detector
-    from pipeline.training import parse_params
+    from scatterbird.models.registry import build_detector
+    from scatterbird.pipeline.evaluate.run import crossval, load_datasets
+    from scatterbird.pipeline.train.training import parse_params
 
     config = _config_from(args).replace(pool_s=_pool_for(args))
     try:
         params = parse_params(args.param or [])
-        make_detector(args.model, params, args.seed)  # a bad kind or option fails before any feature work
+        build_detector(args.model, params, args.seed)  # a bad kind or option fails before any feature work
         datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
         incomplete = _print_datasets(datasets)
         run = crossval(
-            datasets, lambda: make_detector(args.model, params, args.seed), args.output, config=config,
+            datasets, lambda: build_detector(args.model, params, args.seed), args.output, config=config,
             semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers,
             n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, save_models=args.save_models,
             progress=not args.quiet,
@@ -275,8 +273,8 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 # -- analyze -------------------------------------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from models.base import DetectorError
-    from pipeline.analysis import STAGES, AnalysisError, AnalysisOptions, analyze_inputs
+    from scatterbird.models.base import DetectorError
+    from scatterbird.pipeline.analysis.run import STAGES, AnalysisError, AnalysisOptions, analyze_inputs
 
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
     options = AnalysisOptions(

@@ -45,10 +45,9 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.synthetic import background, bird_call  # noqa: E402
-from pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.data.synthetic import background, bird_call  # noqa: E402
+from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
 
 # The command in a fresh interpreter that, on exit, writes its own peak resident set (VmHWM of its address
 # space) to the file named by BENCH_HWM. Not ru_maxrss from wait4: Linux carries a process's peak across
@@ -103,9 +102,9 @@ def make_collection(folder: Path, hours: float, n_files: int = 12) -> float:
 
 
 def train_model(path: Path) -> None:
-    from data.synthetic import make_clip
-    from pipeline.scattering import Scattering, concatenate
-    from tests.simple_detector import SimpleDetector
+    from scatterbird.data.synthetic import make_clip
+    from scatterbird.pipeline.frontend.scattering import Scattering, concatenate
+    from simple_detector import SimpleDetector
 
     config = FeatureConfig()
     sc = Scattering(config)
@@ -143,7 +142,7 @@ def kymatio_baseline(folder: Path, seconds: float) -> tuple[float, float]:
     import torch
     from kymatio.scattering1d.frontend.torch_frontend import ScatteringTorch1D
 
-    from pipeline.audio import stream_audio
+    from scatterbird.pipeline.frontend.audio import stream_audio
 
     c = FeatureConfig()
     chunk = 2**16
@@ -171,7 +170,7 @@ def scattering_floor(folder: Path) -> float:
     """The front end's operation-count floor (bench_scattering.flop_floor) summed over ``folder``'s files at
     the pipeline's sample rate."""
     from benchmarks.bench_scattering import flop_floor
-    from pipeline.scattering import Scattering
+    from scatterbird.pipeline.frontend.scattering import Scattering
 
     c = FeatureConfig()
     sc = Scattering(c)

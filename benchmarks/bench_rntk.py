@@ -51,9 +51,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from models.rntk import RNTK, RNTKClassifier  # noqa: E402
+from scatterbird.models.rntk import RNTK, RNTKClassifier  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -207,9 +206,9 @@ def auc_comparison(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from ssl_gain import VARIANTS, cached_features, pick_labelled  # the same split, the same cache
 
-    from models.inversion import InversionDetector
-    from pipeline.config import FeatureConfig
-    from pipeline.sequences import pool_frames
+    from scatterbird.models.inversion import InversionDetector
+    from scatterbird.pipeline.config import FeatureConfig
+    from scatterbird.pipeline.frontend.sequences import pool_frames
 
     config = FeatureConfig(max_order=1)
     cache = ROOT / "benchmarks" / ".cache"

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.synthetic import make_clip  # noqa: E402
-from pipeline.config import FeatureConfig  # noqa: E402
-from pipeline.scattering import Scattering  # noqa: E402
+from scatterbird.data.synthetic import make_clip  # noqa: E402
+from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -128,7 +127,7 @@ def main() -> None:
         for m, sc in fronts.items():
             best[m] = min(best[m], best_of(lambda: [None for _ in sc.stream(blocks)], 1))
 
-    from pipeline.scattering import concatenate
+    from scatterbird.pipeline.frontend.scattering import concatenate
 
     print(f"audio: {args.seconds:.0f} s at {sr} Hz; J={args.J} Q=({args.q1},{args.q2}); "
           f"{fronts['none'].n_channels} channels; torch threads={args.threads}; best of {args.repeats}")

@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.synthetic import make_clip  # noqa: E402
-from pipeline.config import FeatureConfig  # noqa: E402
-from pipeline.scattering import Scattering  # noqa: E402
-from pipeline.thresholding import (  # noqa: E402
+from scatterbird.data.synthetic import make_clip  # noqa: E402
+from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402
+from scatterbird.pipeline.frontend.thresholding import (  # noqa: E402
     ConvFrame,
     ScatteringThresholder,
     gram_row_profile,

@@ -46,6 +46,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import DATA_DIR
+from scatterbird.errors import BootstrapError
 
 SOURCES_CSV = DATA_DIR / "bootstrap_sources.csv"
 DEFAULT_WORKDIR = Path(os.environ.get("SCATTERBIRD_BOOTSTRAP", Path.home() / ".cache" / "scatterbird" / "bootstrap"))
@@ -55,10 +56,6 @@ ALLOWED_PACKAGES = ("qabcs-data", "scorched3d-data")
 
 #: Cuts longer than this are ambiences ("beds") laid under a whole clip; shorter ones are events.
 BED_MIN_S = 6.0
-
-
-class BootstrapError(RuntimeError):
-    """A step of the recipe failed (download, unpacking, a listed file missing)."""
 
 
 @dataclass(frozen=True)

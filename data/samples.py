@@ -1,6 +1,6 @@
 """The small sample recordings the README's main command runs on, generated on first use.
 
-They are synthetic (made by :mod:`data.synthetic` with fixed seeds), so the repository stays light and every
+They are synthetic (made by :mod:`scatterbird.data.synthetic` with fixed seeds), so the repository stays light and every
 machine gets the same bytes. Each sample has a known truth, written next to it in ``truth.csv``.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import SAMPLES_DIR
+from . import user_cache_dir
 from .synthetic import make_clip
 
 #: (file name, has bird, SNR dB, background, seed, duration s, sample rate, channels, format)
@@ -25,8 +25,12 @@ SAMPLES = (
 
 
 def ensure_samples(directory: Path | None = None) -> Path:
-    """Write the sample recordings into ``directory`` (default ``data/samples``) if they are missing."""
-    d = Path(directory or SAMPLES_DIR)
+    """Write the sample recordings into ``directory`` if they are missing, and return the folder.
+
+    The default folder is ``samples/`` in the user cache directory (:func:`scatterbird.data.user_cache_dir`),
+    never inside the installed package.
+    """
+    d = Path(directory or user_cache_dir() / "samples")
     d.mkdir(parents=True, exist_ok=True)
     truth = d / "truth.csv"
     if truth.exists() and all((d / s[0]).exists() for s in SAMPLES):

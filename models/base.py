@@ -20,21 +20,14 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.config import FeatureConfig
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.errors import DetectorError, FeatureConfigMismatch
 
 #: Hyperparameters that change how a detector reports, not what it computes.
 _NOT_HASHED = frozenset({"verbose", "progress", "n_jobs"})
 
 #: Written into every model file; bumped when the layout changes.
 MODEL_FORMAT = "scatterbird-detector/1"
-
-
-class DetectorError(ValueError):
-    """Bad input to a detector (shapes, values), or a model file that cannot be used."""
-
-
-class FeatureConfigMismatch(DetectorError):
-    """The model was trained on features made with another configuration than the pipeline's."""
 
 
 def check_sequences(
@@ -184,59 +177,3 @@ class Detector:
             h.update(k.encode())
             h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
-
-
-def load_detector(path: str | os.PathLike, expected_config: FeatureConfig | None = None) -> Detector:
-    """Load any detector saved with :meth:`Detector.save`.
-
-    Parameters
-    ----------
-    path : str or Path
-        The model file.
-    expected_config : FeatureConfig, optional
-        The pipeline's configuration; loading a model made with another one raises
-        :class:`FeatureConfigMismatch`.
-
-    Raises
-    ------
-    DetectorError
-        If the file is not a scatterbird model, or is of an unknown kind.
-    """
-    try:
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DetectorError(f"{path}: model file not found") from None
-    except Exception as exc:  # weights_only refuses anything but plain data
-        raise DetectorError(f"{path}: not a readable scatterbird model file ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise DetectorError(f"{path}: not a scatterbird model file (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    kind = payload["kind"]
-    _import_known_detectors()
-    cls = Detector._registry.get(kind)
-    if cls is None:
-        raise DetectorError(f"{path}: unknown detector kind {kind!r}; known: {sorted(Detector._registry)}")
-    config = FeatureConfig.from_json(payload["feature_config_json"]) if payload["feature_config_json"] else None
-    if expected_config is not None:
-        if config is None or config.hash != expected_config.hash:
-            raise FeatureConfigMismatch(
-                f"{path}: the model was trained on features with config hash "
-                f"{payload['feature_config_hash'] or '(none)'} but the pipeline uses {expected_config.hash}; "
-                f"model config: {config.to_json() if config else '(none)'}; "
-                f"pipeline config: {expected_config.to_json()}"
-            )
-    det = cls(**json.loads(payload["params_json"]))
-    det.feature_config = config
-    det._set_state(payload["tensors"], json.loads(payload["extra_json"]))
-    return det
-
-
-def _import_known_detectors() -> None:
-    """Import the detector modules so that they register themselves."""
-    import importlib
-
-    for name in ("models.inversion", "models.rntk"):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise

@@ -60,8 +60,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from models.base import Detector, DetectorError, check_labels, check_sequences
-from pipeline.sequences import ChannelStats, fit_channel_stats, standardize
+from scatterbird.models.base import Detector, DetectorError, check_labels, check_sequences
+from scatterbird.pipeline.frontend.sequences import ChannelStats, fit_channel_stats, standardize
 
 ACTIVATIONS = ("relu", "erf")
 READOUTS = ("last", "avg")

@@ -1,3 +1,5 @@
-"""scatterbird's audio-to-features pipeline: streaming audio, wavelet scattering, thresholding."""
+"""The pipeline, one sub-package per job, in the order audio flows through them.
 
-__version__ = "0.1.0"
+``config`` (the feature configuration), ``frontend`` (audio to scattergrams), ``detect`` (windows, batch runs,
+the results store, exports), ``train``, ``evaluate`` and ``analysis``. See the README's architecture section.
+"""

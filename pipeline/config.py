@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from scatterbird.errors import ConfigError
 
 #: Bumped when the meaning of a field changes, so that old hashes never match new features.
 #: 2: ``threshold="risk"`` decides on time windows of its filter (pipeline/thresholding.py, RULE_INDEPENDENT),
@@ -18,10 +19,6 @@ from typing import Any, Mapping
 CONFIG_SCHEMA = 2
 
 THRESHOLD_MODES = ("none", "universal-hard", "universal-soft", "risk")
-
-
-class ConfigError(ValueError):
-    """A feature configuration value is out of range or unknown."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from data.bootstrap import DEFAULT_WORKDIR, SOURCES_CSV, BootstrapError, MixOptions, build  # noqa: E402
+from scatterbird.data.bootstrap import DEFAULT_WORKDIR, SOURCES_CSV, BootstrapError, MixOptions, build  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

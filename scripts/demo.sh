@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/python -m data.samples >/dev/null
+SAMPLES=$(.venv/bin/python -m scatterbird.data.samples)  # generated once into the user cache folder
 OUT=${1:-out/demo}
-exec .venv/bin/scatterbird detect data/samples -o "$OUT" --format all
+exec .venv/bin/scatterbird detect "$SAMPLES" -o "$OUT" --format all

@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The stamp records what was installed; reinstall when pyproject.toml changes.
 stamp=.venv/.scatterbird-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import pipeline, models, cli" 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import scatterbird.cli" 2>/dev/null; then
   echo "[setup] installing scatterbird and its dependencies into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2
   # torch first, pinned to the CPU wheel: an unpinned torch may pull a multi-GB CUDA build.

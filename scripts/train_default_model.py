@@ -28,11 +28,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from data.bootstrap import DEFAULT_WORKDIR  # noqa: E402
-from data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH  # noqa: E402
-from pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.data.bootstrap import DEFAULT_WORKDIR  # noqa: E402
+from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH  # noqa: E402
+from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
 
 #: Candidates: name -> (kind, params, semi-supervised). Modest sizes: they train on two shared CPU cores.
 CANDIDATES: dict[str, tuple[str, dict, bool]] = {
@@ -50,7 +49,7 @@ DEFAULT_CANDIDATES = ("inversion-supervised", "inversion-semi")
 
 
 def _load(workdir: Path):
-    from pipeline.evaluate import load_dataset
+    from scatterbird.pipeline.evaluate.run import load_dataset
 
     info = json.loads((workdir / "build.json").read_text())
     folds = [load_dataset(d) for d in info["fold_dirs"]]
@@ -75,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from pipeline.evaluate import compute_sequences, crossval, make_detector
+    from scatterbird.models.registry import build_detector
+    from scatterbird.pipeline.evaluate.run import compute_sequences, crossval
 
     torch.set_num_threads(1)
     work = Path(args.workdir).expanduser()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             kind, params, semi = CANDIDATES[name]
             t0 = time.perf_counter()
             run = crossval(
-                folds, lambda: make_detector(kind, params, args.seed), work / "validation" / name, config=config,
+                folds, lambda: build_detector(kind, params, args.seed), work / "validation" / name, config=config,
                 semi_supervised=False, unlabeled_by_dataset=unl_seqs if semi else None, cache_dir=cache,
                 n_boot=1000, seed=args.seed, n_worst=4,
             )
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 xs.append(s)
                 ys.append(c.label)
     unlabeled = [s for v in unl_seqs.values() for s in v] if semi else None
-    det = make_detector(kind, params, args.seed)
+    det = build_detector(kind, params, args.seed)
     t0 = time.perf_counter()
     det.fit(xs, np.array(ys), unlabeled=unlabeled)
     det.feature_config = config
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     det.save(out)
     size = out.stat().st_size
-    from models.base import load_detector
+    from scatterbird.models.registry import load_detector
 
     loaded = load_detector(out, config)  # the hash users will see is the loaded model's (dtypes may differ in memory)
     debs = ", ".join(f"{name} ({v['deb']})" for name, v in info["packages"].items())

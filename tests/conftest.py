@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.simple_detector import train_simple_detector
+from simple_detector import train_simple_detector
 
 
 @pytest.fixture(scope="module")

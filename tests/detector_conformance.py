@@ -2,7 +2,7 @@
 
 Use it from a detector's test module:
 
-    from tests.detector_conformance import check_detector
+    from detector_conformance import check_detector
     def test_conformance(tmp_path):
         check_detector(lambda seed: MyDetector(random_state=seed, ...), tmp_path)
 """
@@ -14,8 +14,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from models.base import Detector, DetectorError, load_detector
-from pipeline.config import FeatureConfig
+from scatterbird.models.base import Detector, DetectorError
+from scatterbird.models.registry import load_detector
+from scatterbird.pipeline.config import FeatureConfig
 
 
 def easy_sequences(n: int, n_channels: int = 12, seed: int = 0, min_len: int = 20, max_len: int = 60):

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from models.base import Detector, check_labels, check_sequences
-from pipeline.config import FeatureConfig
+from scatterbird.models.base import Detector, check_labels, check_sequences
+from scatterbird.pipeline.config import FeatureConfig
 
 
 def _summary(sequences: Sequence[np.ndarray]) -> np.ndarray:
@@ -84,8 +84,8 @@ FAST_CONFIG = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000, threshold=
 def train_simple_detector(path, *, config=None, n_clips: int = 40, clip_s: float = 2.0, seed: int = 0,
                           C: float = 1.0) -> SimpleDetector:
     """Fit a SimpleDetector on synthetic clips (half with one bird call, 10-15 dB SNR) and save it to ``path``."""
-    from data.synthetic import make_clip
-    from pipeline.scattering import Scattering
+    from scatterbird.data.synthetic import make_clip
+    from scatterbird.pipeline.frontend.scattering import Scattering
 
     config = config or FAST_CONFIG
     sc = Scattering(config)
@@ -121,7 +121,7 @@ def write_recordings(folder, specs, *, sr: int = 8000, seed: int = 1) -> dict:
 
     import soundfile as sf
 
-    from data.synthetic import make_clip
+    from scatterbird.data.synthetic import make_clip
 
     rng = np.random.default_rng(seed)
     truth = {}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import AudioError, audio_info, load_audio, stream_audio
+from scatterbird.pipeline.frontend.audio import AudioError, audio_info, load_audio, stream_audio
 
 
 def tone(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:

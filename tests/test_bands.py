@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bands import FilterStack, band
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattering
+from scatterbird.pipeline.frontend.bands import FilterStack, band
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering
 
 from kymatio.scattering1d.filter_bank import scattering_filter_factory
 
@@ -91,7 +91,7 @@ def test_morlet_builder_is_kymatios_bit_for_bit(n, xi, sigma):
     (sigma up to 0.5 takes kymatio's 5 periods)."""
     from kymatio.scattering1d.filter_bank import adaptive_choice_P, gauss_1d, morlet_1d
 
-    from pipeline.scattering import morlet_fourier
+    from scatterbird.pipeline.frontend.scattering import morlet_fourier
 
     ref = morlet_1d(n, xi, sigma) if xi else gauss_1d(n, sigma)
     np.testing.assert_array_equal(morlet_fourier(n, xi, sigma), ref)

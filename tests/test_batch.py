@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import batch
-from pipeline.batch import (
+from scatterbird.errors import DetectorError
+from scatterbird.models import registry
+from scatterbird.pipeline.detect import batch
+from scatterbird.pipeline.detect.batch import (
     BatchError,
     DetectParams,
     detect_file,
@@ -22,11 +24,11 @@ from pipeline.batch import (
     shard_from_env,
     shard_of,
 )
-from pipeline.exports import RAVEN_COLUMNS, export_names, export_run
-from pipeline.scattering import Scattering
-from pipeline.segments import frame_range, plan_windows
-from pipeline.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
-from tests.simple_detector import FAST_CONFIG, SimpleDetector, train_simple_detector, write_recordings
+from scatterbird.pipeline.detect.exports import RAVEN_COLUMNS, export_names, export_run
+from scatterbird.pipeline.frontend.scattering import Scattering
+from scatterbird.pipeline.detect.windows import frame_range, plan_windows
+from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
+from simple_detector import FAST_CONFIG, SimpleDetector, train_simple_detector, write_recordings
 
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
 SR = FAST_CONFIG.sample_rate
@@ -147,7 +149,7 @@ def test_a_long_file_hands_free_memory_back_every_so_often(model, tmp_path, monk
 
 
 def test_release_free_memory_runs_here():
-    from pipeline.memory import release_free_memory
+    from scatterbird.pipeline.detect.memory import release_free_memory
 
     import platform
 
@@ -350,8 +352,8 @@ def test_shards_are_deterministic_and_from_slurm():
 
 # -- starting -----------------------------------------------------------------------------------------
 def test_without_a_model_the_message_says_how_to_train_one(monkeypatch, tmp_path, recordings):
-    monkeypatch.setattr(batch, "default_model_path", lambda: tmp_path / "none.pt")
-    with pytest.raises(BatchError, match="scatterbird train"):
+    monkeypatch.setattr(registry, "DEFAULT_MODEL_PATH", tmp_path / "none.pt")
+    with pytest.raises(DetectorError, match="scatterbird train"):
         run_detect([recordings[0]], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.config import ConfigError, FeatureConfig
+from scatterbird.pipeline.config import ConfigError, FeatureConfig
 
 
 def test_round_trip_and_hash_stability():

@@ -9,15 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from data.bootstrap import ALLOWED_PACKAGES, assign_folds, read_sources
-from data.default_model import DEFAULT_MODEL_PATH, default_model_info, load_default_model
-from pipeline.config import FeatureConfig
+from scatterbird.data.bootstrap import ALLOWED_PACKAGES, assign_folds, read_sources
+from scatterbird.data.default_model import DEFAULT_MODEL_PATH, default_model_info
+from scatterbird.models.registry import default_detector
+from scatterbird.pipeline.config import FeatureConfig
 
 
 @pytest.fixture(scope="module")
 def model():
     # torch.load with weights_only=True, from the package folder: nothing is fetched
-    return load_default_model(FeatureConfig())
+    return default_detector(FeatureConfig())
 
 
 def test_default_model_loads_offline_with_the_pipeline_feature_config(model, monkeypatch):
@@ -27,7 +28,7 @@ def test_default_model_loads_offline_with_the_pipeline_feature_config(model, mon
         raise AssertionError("the default model must load without network access")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    again = load_default_model(FeatureConfig())
+    again = default_detector(FeatureConfig())
     assert again.feature_config.hash == FeatureConfig().hash
     assert model.model_hash == again.model_hash
     assert DEFAULT_MODEL_PATH.stat().st_size < 5_000_000
@@ -44,8 +45,8 @@ def test_default_model_description_matches_the_weights(model):
 
 
 def test_default_model_scores_bird_samples_above_the_others(model):
-    from data.samples import SAMPLES, ensure_samples
-    from pipeline.batch import DetectParams, detect_file
+    from scatterbird.data.samples import SAMPLES, ensure_samples
+    from scatterbird.pipeline.detect.batch import DetectParams, detect_file
 
     folder = ensure_samples()
     best = {}

@@ -4,6 +4,7 @@ and resumed, a real Dask scheduler with two workers on 127.0.0.1, and the comman
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import signal
@@ -17,21 +18,22 @@ import pytest
 import soundfile as sf
 
 import cli
-from pipeline import batch
-from pipeline.batch import DetectParams, run_detect
-from pipeline.store import STORE_NAME, ResultsStore
-from tests.simple_detector import write_recordings
+from scatterbird.models import registry
+from scatterbird.pipeline.detect import batch
+from scatterbird.pipeline.detect.batch import DetectParams, run_detect
+from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
+from simple_detector import write_recordings
 
-ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
 DETECT_OPTS = ["--window", "2", "--hop", "1", "--min-conf", "0.5", "-q"]
 #: Runs the real CLI in a fresh interpreter; the test detector's module is imported so its kind is known.
-CLI = [sys.executable, "-c", "import sys, tests.simple_detector, cli; sys.exit(cli.main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys, simple_detector; from scatterbird import cli; sys.exit(cli.main(sys.argv[1:]))"]
 N_FILES = 10
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_rows(
     db = out / STORE_NAME
     proc = subprocess.Popen(
         [*CLI, "detect", str(recordings), "-o", str(out), "--model", str(model), *DETECT_OPTS, "--format", "csv"],
-        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=TESTS, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         _wait_for(proc, lambda: _done_count(db) >= kill_after, f"{kill_after} file(s) were committed")
@@ -191,7 +193,7 @@ def test_a_dask_cluster_gives_the_rows_of_the_serial_run(dask_cluster, model, tm
     assert summary.done == serial.done == 6 and not summary.failed
     assert_same_rows(rows(tmp_path / "out"), rows(tmp_path / "serial"))
     with Client(dask_cluster) as client:  # the work ran on the workers: they hold the model now
-        loaded = client.run(lambda: len(__import__("pipeline.batch").batch._MODELS))
+        loaded = client.run(lambda: len(importlib.import_module("scatterbird.pipeline.detect.batch")._MODELS))
     assert len(loaded) == 2 and sum(loaded.values()) >= 1
 
 
@@ -229,7 +231,7 @@ def test_detect_failures_export_and_exit_codes(model, tmp_path, capsys):
 
 
 def test_detect_usage_errors_exit_2(model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(batch, "default_model_path", lambda: tmp_path / "no_model.pt")
+    monkeypatch.setattr(registry, "DEFAULT_MODEL_PATH", tmp_path / "no_model.pt")
     d = tmp_path / "in"
     write_recordings(d, [("a.wav", 2.0, False)])
     assert cli.main(["detect", str(d), "-o", str(tmp_path / "o")]) == cli.EXIT_USAGE

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
-from data.manifest import DATASETS, development_sets, lookup, write_challenge_like
-from pipeline.config import FeatureConfig
-from pipeline.evaluate import (
+from scatterbird.data.manifest import DATASETS, development_sets, lookup, write_challenge_like
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.evaluate.run import (
     DatasetError,
     bootstrap_auc_ci,
     bootstrap_aucs,
@@ -27,7 +27,7 @@ from pipeline.evaluate import (
     read_labels,
     roc_auc,
 )
-from tests.simple_detector import SimpleDetector
+from simple_detector import SimpleDetector
 
 #: Fast features for the tests that do not need the pipeline's default configuration.
 FAST = FeatureConfig(sample_rate=8000, J=6, Q1=4, max_order=1, threshold="none")
@@ -274,7 +274,7 @@ def test_harmonic_mean():
 
 # -- evaluate and crossval end to end ---------------------------------------------------------------------
 def _fit_simple(dataset, config=FAST, cache=None) -> SimpleDetector:
-    from pipeline.evaluate import compute_sequences
+    from scatterbird.pipeline.evaluate.run import compute_sequences
 
     seqs, _ = compute_sequences(dataset.clips, config, cache_dir=cache, progress=False)
     det = SimpleDetector().fit(seqs, [c.label for c in dataset.clips])
@@ -366,7 +366,7 @@ def test_crossval_refuses_hidden_labels_and_single_dataset(challenge, tmp_path):
 
 
 def test_cli_evaluate_and_crossval(challenge, cache, tmp_path, capsys):
-    from cli import EXIT_OK, EXIT_USAGE, main
+    from scatterbird.cli import EXIT_OK, EXIT_USAGE, main
 
     det = _fit_simple(load_dataset(challenge["ff1010bird"]), cache=cache)
     model = tmp_path / "m.pt"
@@ -386,7 +386,7 @@ def test_cli_evaluate_and_crossval(challenge, cache, tmp_path, capsys):
     rc = main(["evaluate", "--model", str(model), "--dataset", str(tmp_path / "nowhere"), "-o", str(out), "-q"])
     assert rc == EXIT_USAGE and "not found" in capsys.readouterr().err
     rc = main(["crossval", "--model", "no-such-kind", "--dataset", str(challenge["ff1010bird"]), "-o", str(out), "-q"])
-    assert rc == EXIT_USAGE and "unknown model 'no-such-kind'" in capsys.readouterr().err
+    assert rc == EXIT_USAGE and "unknown detector kind 'no-such-kind'" in capsys.readouterr().err
 
 
 def test_one_folder_with_every_label_file(tmp_path):
@@ -414,7 +414,7 @@ def test_shared_label_file_is_filtered_by_datasetid(tmp_path):
 
 
 def test_worst_clips_are_ranking_mistakes_only(tmp_path):
-    from pipeline.evaluate import Clip, Dataset, DatasetResult, _metrics_for, worst_clips
+    from scatterbird.pipeline.evaluate.run import Clip, Dataset, DatasetResult, _metrics_for, worst_clips
 
     y = [0, 0, 0, 1, 1, 1, 1]
     s = np.array([0.1, 0.7, 0.9, 0.8, 0.95, 0.6, 0.99])

@@ -10,9 +10,9 @@ import numpy as np
 import soundfile as sf
 
 import cli
-from pipeline.config import FeatureConfig
-from pipeline.features import load_scattergram
-from pipeline.scattering import Scattering
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.features import load_scattergram
+from scatterbird.pipeline.frontend.scattering import Scattering
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sr", "8000", "-J", "6", "--q1", "4", "--threshold", "none"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data.manifest import write_challenge_like
-from pipeline.evaluate import compute_sequences, evaluate, load_dataset
-from tests.simple_detector import SimpleDetector
-from tests.test_evaluate import FAST, _touch_wavs, _write_csv
+from scatterbird.data.manifest import write_challenge_like
+from scatterbird.pipeline.evaluate.run import compute_sequences, evaluate, load_dataset
+from simple_detector import SimpleDetector
+from test_evaluate import FAST, _touch_wavs, _write_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

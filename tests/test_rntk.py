@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import DetectorError
-from models.rntk import RNTK, RNTKClassifier, VARIANTS, _nystroem_features, erf_dual, relu_dual
-from tests.detector_conformance import check_detector, easy_sequences
+from scatterbird.models.base import DetectorError
+from scatterbird.models.rntk import RNTK, RNTKClassifier, VARIANTS, _nystroem_features, erf_dual, relu_dual
+from detector_conformance import check_detector, easy_sequences
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def test_from_options_parses_command_line_values():
 
 
 def test_platt_calibration_never_reverses_the_ranking():
-    from models.rntk import _platt
+    from scatterbird.models.rntk import _platt
 
     d = np.array([-2.0, -1.0, -0.5, 0.0, 1.0, 2.0, 0.3, -0.2])
     y = np.array([0, 0, 0, 1, 1, 1, 1, 0])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattering, concatenate, scatter_file
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering, concatenate, scatter_file
 
 # kymatio's own transform, imported through its 1-D frontend: the top-level kymatio.numpy/kymatio.torch
 # import the 3-D module, which breaks on SciPy >= 1.15.
@@ -169,7 +169,7 @@ def test_bad_fft_size():
 
 
 def test_modulus_equals_torch_abs():
-    from pipeline.scattering import modulus
+    from scatterbird.pipeline.frontend.scattering import modulus
 
     rng = np.random.default_rng(4)
     z = torch.from_numpy((rng.standard_normal((3, 1000)) + 1j * rng.standard_normal((3, 1000))).astype(np.complex64))

@@ -7,9 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattergram, Scattering
-from pipeline.segments import (
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering
+from scatterbird.pipeline.detect.windows import (
     WindowSpec,
     events_from_windows,
     frame_range,

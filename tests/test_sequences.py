@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattergram
-from pipeline.sequences import (
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattergram
+from scatterbird.pipeline.frontend.sequences import (
     STD_FLOOR,
     ChannelStats,
     fit_channel_stats,

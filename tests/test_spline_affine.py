@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from models.spline import SplineNet, affine_form, explicit_affine, spline_view, template_stats
-from models.spline.testing import RANDOM_NETS, random_inversion_net
+from scatterbird.models.spline import SplineNet, affine_form, explicit_affine, spline_view, template_stats
+from scatterbird.models.spline.testing import RANDOM_NETS, random_inversion_net
 
 torch.set_num_threads(1)
 
-HAS_INVERSION = importlib.util.find_spec("models.inversion") is not None
+HAS_INVERSION = importlib.util.find_spec("scatterbird.models.inversion") is not None
 
 
 def _nets():

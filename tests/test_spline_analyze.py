@@ -12,12 +12,12 @@ import soundfile as sf
 import torch
 
 import cli
-from data.synthetic import make_clip
-from pipeline.analysis import STAGES, AnalysisOptions, ClipSet, run_analysis, spline_model
-from pipeline.analysis_report import FIGURES, write_report
-from models.spline.testing import random_inversion_net
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattering, scatter_file
+from scatterbird.data.synthetic import make_clip
+from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, ClipSet, run_analysis, spline_model
+from scatterbird.pipeline.analysis.report import FIGURES, write_report
+from scatterbird.models.spline.testing import random_inversion_net
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
 
 torch.set_num_threads(1)
 
@@ -31,7 +31,7 @@ def _linked(html: str) -> list[str]:
 @pytest.fixture(scope="module")
 def synthetic_set(tmp_path_factory):
     """Six 1-s clips (three with birds) at 8 kHz, their labels, and a small inversion detector fitted on them."""
-    inversion = pytest.importorskip("models.inversion")
+    inversion = pytest.importorskip("scatterbird.models.inversion")
     d = tmp_path_factory.mktemp("analyze")
     (d / "wav").mkdir()
     rows = ["itemid,datasetid,hasbird"]
@@ -98,7 +98,7 @@ def test_analyze_without_labels_and_with_some_stages(synthetic_set, tmp_path):
 
 
 def test_analyze_refuses_a_model_without_a_network(synthetic_set, tmp_path, capsys):
-    from tests.simple_detector import SimpleDetector
+    from simple_detector import SimpleDetector
 
     rng = np.random.default_rng(0)
     det = SimpleDetector().fit([rng.normal(size=(5, 3)) for _ in range(4)], [0, 1, 0, 1])
@@ -113,8 +113,8 @@ def test_analyze_refuses_a_model_without_a_network(synthetic_set, tmp_path, caps
 
 def test_the_analysed_function_is_the_detectors(synthetic_set):
     """The spline view with the detector's standardisation gives the detector's own probabilities."""
-    from models.base import load_detector
-    from pipeline.analysis import load_clips
+    from scatterbird.models.registry import load_detector
+    from scatterbird.pipeline.analysis.run import load_clips
 
     det = load_detector(synthetic_set / "model.pt")
     clips = load_clips([synthetic_set / "wav"], CONFIG)

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.spline import BetaVQ, beta_sweep, binary_metrics, expected_calibration_error, soften, spline_view
-from models.spline.network import Abs
-from models.spline.testing import RANDOM_NETS, random_inversion_net
+from scatterbird.models.spline import BetaVQ, beta_sweep, binary_metrics, expected_calibration_error, soften, spline_view
+from scatterbird.models.spline.network import Abs
+from scatterbird.models.spline.testing import RANDOM_NETS, random_inversion_net
 
 torch.set_num_threads(1)
 
-HAS_INVERSION = importlib.util.find_spec("models.inversion") is not None
+HAS_INVERSION = importlib.util.find_spec("scatterbird.models.inversion") is not None
 
 
 def _hard_ops():
@@ -28,7 +28,7 @@ def _hard_ops():
         ("maxpool2d", nn.MaxPool2d(2), (4, 2, 6, 8)),
     ]
     if HAS_INVERSION:
-        from models.inversion import TimePool
+        from scatterbird.models.inversion import TimePool
 
         ops.append(("timepool", TimePool(), (4, 3, 9)))
     return ops

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spline import code_statistics, hamming, input_codes, nearest_neighbours, region_ids, spline_view
-from models.spline.network import Abs
+from scatterbird.models.spline import code_statistics, hamming, input_codes, nearest_neighbours, region_ids, spline_view
+from scatterbird.models.spline.network import Abs
 
 torch.set_num_threads(1)
 

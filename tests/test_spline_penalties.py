@@ -8,14 +8,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.spline import (
+from scatterbird.models.spline import (
     ortho_penalty,
     template_ortho_penalty,
     template_overlap,
     weight_ortho_penalty,
     weight_overlap,
 )
-from models.spline.testing import RANDOM_NETS
+from scatterbird.models.spline.testing import RANDOM_NETS
 
 torch.set_num_threads(1)
 

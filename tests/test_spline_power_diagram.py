@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.spline import (
+from scatterbird.models.spline import (
     centroid_radius,
     enumerate_power_diagram,
     explicit_affine,
@@ -22,12 +22,12 @@ from models.spline import (
     slice_regions,
     spline_view,
 )
-from models.spline.network import Abs
-from models.spline.testing import RANDOM_NETS, _init, random_inversion_net
+from scatterbird.models.spline.network import Abs
+from scatterbird.models.spline.testing import RANDOM_NETS, _init, random_inversion_net
 
 torch.set_num_threads(1)
 
-HAS_INVERSION = importlib.util.find_spec("models.inversion") is not None
+HAS_INVERSION = importlib.util.find_spec("scatterbird.models.inversion") is not None
 
 
 def _small_pd_nets():

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store import FileResult, ResultsStore, RunParams, StoreError, merge_stores
+from scatterbird.pipeline.detect.store import FileResult, ResultsStore, RunParams, StoreError, merge_stores
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def params(**changes) -> RunParams:
@@ -102,8 +101,7 @@ def test_killed_in_the_middle_of_a_file_transaction_leaves_the_previous_state(tm
     code = textwrap.dedent(f"""
         import os, signal, sys
         import numpy as np
-        sys.path.insert(0, {str(ROOT)!r})
-        from pipeline.store import ResultsStore, FileResult
+        from scatterbird.pipeline.detect.store import ResultsStore, FileResult
         st = ResultsStore({str(store)!r}, writer=True)
         rows = np.array([[k, k + 10.0, 0.25] for k in range(1000)])
         real = st.db.executemany

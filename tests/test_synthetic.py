@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data.synthetic import BACKGROUNDS, BIRD_KINDS, background, make_clip, write_dataset
+from scatterbird.data.synthetic import BACKGROUNDS, BIRD_KINDS, background, make_clip, write_dataset
 
 
 @pytest.mark.parametrize("snr", [-10.0, 0.0, 10.0])

@@ -13,10 +13,10 @@ import pytest
 import scipy.stats
 import torch
 
-from pipeline import thresholding
-from pipeline.config import FeatureConfig
-from pipeline.scattering import Scattering, concatenate
-from pipeline.thresholding import (
+from scatterbird.pipeline.frontend import thresholding
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering, concatenate
+from scatterbird.pipeline.frontend.thresholding import (
     ConvFrame,
     ScatteringThresholder,
     dense_rule,
@@ -399,7 +399,7 @@ def test_a_strong_tone_survives(stages, frame16, front_end):
 
 # -- streaming --------------------------------------------------------------------------------------------
 def _stream_vs_whole(config: FeatureConfig, fft_size: int, seconds: float):
-    from data.synthetic import make_clip
+    from scatterbird.data.synthetic import make_clip
 
     sc = Scattering(config, fft_size=fft_size)
     mix, _, _ = make_clip(seconds, config.sample_rate, hasbird=True, snr_db=0, background_kind="pink", rng=11)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from cli import main
-from data.synthetic import write_dataset
-from models.base import load_detector
-from models.inversion import InversionDetector
-from pipeline import training
-from pipeline.config import FeatureConfig
-from pipeline.training import (
+from scatterbird.cli import main
+from scatterbird.data.synthetic import write_dataset
+from scatterbird.errors import DetectorError
+from scatterbird.models.registry import build_detector, load_detector
+from scatterbird.models.inversion import InversionDetector
+from scatterbird.pipeline.train import training
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.train.training import (
     TrainingError,
-    build_detector,
     find_dataset_files,
     parse_params,
     prepare_training_data,
@@ -126,9 +126,9 @@ def test_error_unlabelled_folder_without_audio(dataset, tmp_path, no_training):
 
 
 def test_error_bad_model_and_options(dataset, tmp_path, no_training):
-    with pytest.raises(TrainingError, match="unknown model 'nope'"):
+    with pytest.raises(DetectorError, match="unknown detector kind 'nope'"):
         run_train(tmp_path / "m.pt", dataset=dataset / "bad", model="nope", config=CONFIG)
-    with pytest.raises(TrainingError, match="takes no parameter 'epochs'"):
+    with pytest.raises(DetectorError, match="takes no parameter 'epochs'"):
         run_train(tmp_path / "m.pt", dataset=dataset / "bad", params={"epochs": 3}, config=CONFIG)
     with pytest.raises(TrainingError, match="either a dataset folder or both"):
         run_train(tmp_path / "m.pt", config=CONFIG)
@@ -240,7 +240,7 @@ def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_
 
 def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path):
     """`--model rntk` without --pool trains on 0.25 s steps, and the saved config says so."""
-    from models.rntk import RNTKClassifier
+    from scatterbird.models.rntk import RNTKClassifier
 
     model = tmp_path / "rntk.pt"
     args = ["train", str(dataset / "bad"), "-o", str(model), "--model", "rntk", "--order", "1", "--threshold", "none", "-q",

@@ -188,7 +188,7 @@ def _load_known() -> None:
         return
     _KNOWN_LOADED = True
     try:
-        import models.inversion as inv
+        import scatterbird.models.inversion as inv
     except ImportError:  # the inversion detector is optional for the analyses
         return
     if hasattr(inv, "TimePool"):

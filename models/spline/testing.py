@@ -85,7 +85,7 @@ def random_cnn2d(seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
 
 def random_inversion_net(seed: int = 0, n_channels: int = 4, n_frames: int = 12) -> tuple[nn.Module, tuple[int, ...]]:
     """The inversion detector's own network (``models.inversion.InversionNet``), small."""
-    from models.inversion import InversionNet
+    from scatterbird.models.inversion import InversionNet
 
     torch.manual_seed(seed)
     net = InversionNet(n_channels, (4, 3), 3, 0.1)

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import FeatureConfig
-from .scattering import Scattergram
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattergram
 
 #: Standard deviations below this are treated as this (a constant channel must not divide by zero).
 STD_FLOOR = 1e-6

@@ -31,18 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .audio import AudioError, stream_audio
-from .config import FeatureConfig
-from .inputs import find_audio
-from .scattering import Scattering, scatter_file
-from .segments import WindowSpec, iter_windows, pool_sequence
+from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
+from scatterbird.pipeline.detect.windows import WindowSpec, iter_windows, pool_sequence
+from scatterbird.errors import TrainingError
+from scatterbird.models.registry import available_detectors, build_detector
 
 #: Name of the feature cache folder next to the model file, when no cache directory is given.
 CACHE_DIRNAME = ".cache"
-
-
-class TrainingError(ValueError):
-    """Unusable training input (labels, audio, options); the message says what and where."""
 
 
 # -- labels --------------------------------------------------------------------------------------------
@@ -359,44 +357,6 @@ def compute_features(
         out.paths.append(path)
         out.sequences.append(seqs)
     return out
-
-
-# -- detectors by name --------------------------------------------------------------------------------
-def available_detectors() -> dict[str, type]:
-    """Registered detector classes by kind (importing the known detector modules first)."""
-    from models.base import Detector, _import_known_detectors
-
-    _import_known_detectors()
-    return dict(Detector._registry)
-
-
-def build_detector(name: str, params: Mapping[str, Any] | None = None, seed: int | None = None):
-    """A new detector of kind ``name`` with hyperparameters ``params``.
-
-    ``seed`` is passed as ``random_state`` when the detector takes one and ``params`` does not set it.
-
-    Raises
-    ------
-    TrainingError
-        On an unknown kind or a hyperparameter the detector does not take.
-    """
-    known = available_detectors()
-    cls = known.get(name)
-    if cls is None:
-        raise TrainingError(f"unknown model {name!r}; available: {', '.join(sorted(known)) or '(none)'}")
-    params = dict(params or {})
-    accepted = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    if seed is not None and "random_state" in accepted and "random_state" not in params:
-        params["random_state"] = int(seed)
-    unknown = [k for k in params if k not in accepted and not takes_any]
-    if unknown:
-        names = [k for k in accepted if k != "self"]
-        raise TrainingError(f"model {name!r} takes no parameter {unknown[0]!r}; its parameters: {', '.join(names)}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise TrainingError(f"model {name!r}: {exc}") from None
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:

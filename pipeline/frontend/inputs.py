@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .audio import AUDIO_EXTENSIONS
+from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
 
 
 @dataclass

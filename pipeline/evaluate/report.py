@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # imported for annotations only (evaluate imports this module)
-    from .evaluate import Clip, DatasetResult, RunResult
-    from .scattering import Scattergram
+    from scatterbird.pipeline.evaluate.run import Clip, DatasetResult, RunResult
+    from scatterbird.pipeline.frontend.scattering import Scattergram
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 

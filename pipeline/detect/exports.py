@@ -36,8 +36,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .config import FeatureConfig
-from .store import STORE_NAME, ResultsStore, RunInfo
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
 
 FORMATS = ("csv", "raven", "audacity", "json")
 

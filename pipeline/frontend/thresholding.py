@@ -143,8 +143,8 @@ import numpy as np
 import scipy.fft as sfft
 import torch
 
-from .bands import Band, FilterStack, band
-from .config import THRESHOLD_MODES
+from scatterbird.pipeline.frontend.bands import Band, FilterStack, band
+from scatterbird.pipeline.config import THRESHOLD_MODES
 
 #: Band of the regularised dual, on the filters' coverage ``C(w) = 1/2 sum (psi_hat(w)^2 + psi_hat(-w)^2)``
 #: (each filter relative to its peak; :func:`filter_coverage`): the dual is the exact canonical dual where

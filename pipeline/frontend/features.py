@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio import AudioError, stream_audio
-from .config import FeatureConfig
-from .scattering import Scattergram, Scattering, concatenate
+from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate
 
 
 def save_scattergram(path: str | os.PathLike, sg: Scattergram, config: FeatureConfig, source: str = "") -> None:

@@ -30,19 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spline.affine import template_stats
-from models.spline.betavq import DEFAULT_BETAS, beta_sweep
-from models.spline.codes import code_statistics, hamming, input_codes, nearest_neighbours
-from models.spline.directions import FeatureSpace, audio_directions, random_direction
-from models.spline.network import PointwiseHandler, SplineNet, handler_for, iter_batches, spline_view
-from models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
-from models.spline.rugosity import jacobian_norm, tangent_rugosity
+from scatterbird.models.spline.affine import template_stats
+from scatterbird.models.spline.betavq import DEFAULT_BETAS, beta_sweep
+from scatterbird.models.spline.codes import code_statistics, hamming, input_codes, nearest_neighbours
+from scatterbird.models.spline.directions import FeatureSpace, audio_directions, random_direction
+from scatterbird.models.spline.network import PointwiseHandler, SplineNet, handler_for, iter_batches, spline_view
+from scatterbird.models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
+from scatterbird.models.spline.rugosity import jacobian_norm, tangent_rugosity
+from scatterbird.errors import AnalysisError
 
 STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
-
-
-class AnalysisError(ValueError):
-    """The model cannot be analysed (not piecewise affine) or the inputs are unusable."""
 
 
 # -- the model ------------------------------------------------------------------------------------------
@@ -506,7 +503,7 @@ def _stage_rugosity(view: SplineNet, X: torch.Tensor, detail: np.ndarray, space:
 # -- files ----------------------------------------------------------------------------------------------
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
     """Labels by itemid from a Bird-Audio-Detection CSV (``itemid,hasbird``; the training pipeline's reader)."""
-    from pipeline.training import TrainingError, read_labels as _read
+    from scatterbird.pipeline.train.training import TrainingError, read_labels as _read
 
     try:
         return {Path(item).stem: int(lab) for item, lab in _read(path)}
@@ -556,12 +553,12 @@ def load_clips(
     progress : bool
         Progress bar on stderr while features are computed.
     """
-    from pipeline.audio import AUDIO_EXTENSIONS
-    from pipeline.features import load_scattergram
-    from pipeline.inputs import find_audio
-    from pipeline.scattering import Scattering
-    from pipeline.segments import pool_sequence
-    from pipeline.training import FeatureCache, compute_features
+    from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
+    from scatterbird.pipeline.frontend.features import load_scattergram
+    from scatterbird.pipeline.frontend.inputs import find_audio
+    from scatterbird.pipeline.frontend.scattering import Scattering
+    from scatterbird.pipeline.detect.windows import pool_sequence
+    from scatterbird.pipeline.train.training import FeatureCache, compute_features
 
     exts = list(extensions) if extensions else [*AUDIO_EXTENSIONS, ".npz"]
     scan = find_audio(list(inputs), exts)
@@ -635,15 +632,14 @@ def analyze_inputs(
     clips : ClipSet
         With ``problems``: inputs that could not be used.
     """
-    from data.default_model import DEFAULT_MODEL_PATH
-    from models.base import load_detector
-    from pipeline.config import FeatureConfig
-    from pipeline.training import default_cache_dir
+    from scatterbird.models.registry import default_model_path, load_detector
+    from scatterbird.pipeline.config import FeatureConfig
+    from scatterbird.pipeline.train.training import default_cache_dir
 
-    from .analysis_report import write_report
+    from scatterbird.pipeline.analysis.report import write_report
 
-    model_path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
     det = load_detector(model_path)
+    model_path = Path(model_path) if model_path is not None else default_model_path()
     config = det.feature_config or FeatureConfig()
     model = spline_model(det)  # refuse a model without a piecewise-affine network before any audio work
     cache = cache_dir if cache_dir is not None else default_cache_dir(model_path)

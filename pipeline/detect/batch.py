@@ -37,14 +37,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .audio import AudioError, stream_audio
-from .config import FeatureConfig
-from .inputs import find_audio
-from .memory import release_free_memory
-from .scattering import Scattering
-from .segments import WindowSpec, events_from_windows, iter_windows
-from .store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
+from scatterbird.version import __version__
+from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.detect.memory import release_free_memory
+from scatterbird.pipeline.frontend.scattering import Scattering
+from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
+from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
+from scatterbird.errors import BatchError
+from scatterbird.models.registry import default_model_path, load_detector
 
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
 SCORE_BATCH = 8
@@ -52,24 +54,6 @@ SCORE_BATCH = 8
 #: Seconds of audio between two hand-backs of the allocator's free memory (:mod:`pipeline.memory`).
 RELEASE_EVERY_S = 600.0
 
-
-def default_model_path() -> Path:
-    """The model bundled with the package (``data/default_model.pt``); it may not exist in a bare checkout."""
-    from data.default_model import default_model_path as bundled
-
-    return bundled()
-
-
-NO_MODEL_MESSAGE = (
-    "no model given and no bundled model at {path}.\n"
-    "Train one first (see `scatterbird train --help`), e.g.\n"
-    "    scatterbird train LABELLED_DIR -o model.pt\n"
-    "and pass it with --model model.pt; `python scripts/train_default_model.py` rebuilds the bundled one."
-)
-
-
-class BatchError(RuntimeError):
-    """The batch cannot start (no model, a model without feature configuration, bad shard, no Dask)."""
 
 
 @dataclass(frozen=True)
@@ -213,8 +197,6 @@ def _load_ref(ref: ModelRef) -> Any:
     det = _MODELS.get(ref.model_hash)
     if det is not None:
         return det
-    from models.base import load_detector
-
     if ref.module and ref.module not in sys.modules:
         importlib.import_module(ref.module)
     if ref.data is not None:
@@ -341,12 +323,8 @@ def _describe_change(old: RunInfo, new: RunParams) -> str:
 
 def load_model_for_run(model_path: str | os.PathLike | None) -> tuple[Any, Path]:
     """Load the detector (the bundled one when ``model_path`` is None) and check it carries its config."""
-    from models.base import load_detector
-
     path = Path(model_path) if model_path is not None else default_model_path()
-    if model_path is None and not path.is_file():
-        raise BatchError(NO_MODEL_MESSAGE.format(path=path))
-    det = load_detector(path)
+    det = load_detector(model_path)
     if det.feature_config is None:
         raise BatchError(f"{path}: the model carries no feature configuration; retrain it with scatterbird train")
     return det, path
@@ -488,7 +466,7 @@ def run_detect(
     """
     from tqdm import tqdm
 
-    from .audio import audio_info
+    from scatterbird.pipeline.frontend.audio import audio_info
 
     t0 = time.perf_counter()
     if workers < 1:
@@ -611,7 +589,7 @@ def run_detect(
         store.finish_run(run.id)
         summary.run = store.run(run.id)
         if formats and shard is None:
-            from .exports import export_run
+            from scatterbird.pipeline.detect.exports import export_run
 
             summary.exported = export_run(store, run.id, out, formats)
     summary.wall_s = time.perf_counter() - t0

@@ -30,15 +30,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, AudioError
-from .config import FeatureConfig
+from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS, AudioError
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.errors import DatasetError
+from scatterbird.models.registry import build_detector, describe_model, load_detector
 
 #: Item ids shown in a message before "and N more".
 _SHOW = 5
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be used at all: no label file, no audio folder, a label file without its columns."""
 
 
 # =====================================================================================================
@@ -224,7 +222,7 @@ def locate(path: str | os.PathLike, name: str | None = None) -> tuple[Path, Path
     DatasetError
         When no label file or no audio folder is found, or when several CSVs could be the label file.
     """
-    from data.manifest import DATASETS, all_label_file_names, lookup
+    from scatterbird.data.manifest import DATASETS, all_label_file_names, lookup
 
     p = Path(path)
     if not p.exists():
@@ -420,7 +418,7 @@ def load_dataset(
     DatasetError
         When there is no usable label file or audio folder, or no clip is both listed and present.
     """
-    from data.manifest import DATASETS, lookup
+    from scatterbird.data.manifest import DATASETS, lookup
 
     if audio is not None or labels is not None:
         if audio is None or labels is None:
@@ -518,13 +516,7 @@ def load_model(path: str | os.PathLike | None):
     -------
     (detector, description) : the Detector and the path it came from (or "default model (...)")
     """
-    from models.base import load_detector
-
-    if path is None:
-        from data.default_model import DEFAULT_MODEL_PATH, load_default_model
-
-        return load_default_model(), f"default model ({DEFAULT_MODEL_PATH.name})"
-    return load_detector(path), str(path)
+    return load_detector(path), describe_model(path)
 
 
 # =====================================================================================================
@@ -703,15 +695,15 @@ class DatasetMetrics:
 # =====================================================================================================
 def clip_scattergram(path: str | os.PathLike, config: FeatureConfig):
     """The whole-clip :class:`~pipeline.scattering.Scattergram` of one recording (raises AudioError)."""
-    from .scattering import scatter_file
-    from .training import _scattering
+    from scatterbird.pipeline.frontend.scattering import scatter_file
+    from scatterbird.pipeline.train.training import _scattering
 
     return scatter_file(path, scattering=_scattering(config))
 
 
 def _features_job(args: tuple[list[str], str, str | None]) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     """Worker: the features of a few clips through the training pipeline (and its cache)."""
-    from .training import FeatureCache, compute_features
+    from scatterbird.pipeline.train.training import FeatureCache, compute_features
 
     paths, config_json, cache = args
     config = FeatureConfig.from_json(config_json)
@@ -942,7 +934,7 @@ def evaluate(
     -------
     RunResult
     """
-    from models.base import FeatureConfigMismatch
+    from scatterbird.models.base import FeatureConfigMismatch
 
     cfg = getattr(detector, "feature_config", None)
     if cfg is None:
@@ -974,13 +966,6 @@ def _check_names(datasets: Sequence[Dataset]) -> None:
         raise DatasetError(f"dataset names must be distinct, given twice: {', '.join(dup)}; use NAME=PATH")
 
 
-def make_detector(kind: str, params: Mapping[str, Any] | None = None, seed: int | None = None):
-    """A fresh, unfitted detector of a registered ``kind`` (see :func:`pipeline.training.build_detector`)."""
-    from .training import build_detector
-
-    return build_detector(kind, params, seed)
-
-
 def crossval(
     datasets: Sequence[Dataset],
     make: Callable[[], Any],
@@ -1009,7 +994,7 @@ def crossval(
     datasets : sequence of Dataset
         At least two, all with labels.
     make : callable
-        Returns a new unfitted Detector (e.g. ``lambda: make_detector("inversion", params)``).
+        Returns a new unfitted Detector (e.g. ``lambda: build_detector("inversion", params)``).
     outdir : path, optional
         Outputs as for :func:`evaluate`; ``predictions.csv`` holds every clip's held-out score.
     semi_supervised : bool
@@ -1155,7 +1140,7 @@ def metrics_json(run: RunResult) -> dict[str, Any]:
 
 def write_outputs(run: RunResult, outdir: str | os.PathLike, *, n_worst: int = 5) -> RunResult:
     """Write ``metrics.json``, ``predictions.csv``, ``scores.csv`` and the HTML report with its images."""
-    from . import report
+    from scatterbird.pipeline.evaluate import report
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

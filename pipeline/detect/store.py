@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+from scatterbird.errors import StoreError
 
 SCHEMA_VERSION = 1
 
@@ -112,10 +113,6 @@ CREATE TABLE IF NOT EXISTS input_problems (
     reason TEXT NOT NULL
 );
 """
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (missing, locked by another run, newer schema)."""
 
 
 def _now() -> str:

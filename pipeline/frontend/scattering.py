@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from scipy.fft import ifft as sp_ifft
 
-from .bands import Band, FilterStack, band
-from .config import FeatureConfig
+from scatterbird.pipeline.frontend.bands import Band, FilterStack, band
+from scatterbird.pipeline.config import FeatureConfig
 
 # Imported from the 1-D module directly: kymatio's top level (kymatio.numpy / kymatio.torch) pulls in its
 # 3-D code, which fails to import with SciPy >= 1.15 (scipy.special.sph_harm was removed).
@@ -256,7 +256,7 @@ class Scattering:
         # around the coefficient, which widens the context each thresholded order needs by `reach`.
         self._thresholder = None
         if c.threshold != "none":
-            from .thresholding import ScatteringThresholder
+            from scatterbird.pipeline.frontend.thresholding import ScatteringThresholder
 
             self._thresholder = ScatteringThresholder(self, c.threshold, order2=c.threshold_order2)
             margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
@@ -605,7 +605,7 @@ def concatenate(parts: Sequence[Scattergram]) -> Scattergram:
 
 def scatter_file(path, config: FeatureConfig | None = None, scattering: Scattering | None = None) -> Scattergram:
     """Stream a recording from disk through the scattering front end and return all its frames."""
-    from .audio import stream_audio
+    from scatterbird.pipeline.frontend.audio import stream_audio
 
     sc = scattering or Scattering(config)
     return concatenate(list(sc.stream(stream_audio(path, sc.config.sample_rate))))

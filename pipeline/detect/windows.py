@@ -36,10 +36,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .config import FeatureConfig
-from .scattering import Scattergram
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattergram
 
-from .sequences import pool_frames
+from scatterbird.pipeline.frontend.sequences import pool_frames
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 import soxr
+from scatterbird.errors import AudioError
 
 #: File extensions the batch tools look for by default (libsndfile decodes all of them).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".rf64")
@@ -25,23 +26,6 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".
 MIN_DURATION_S = 0.01
 
 DEFAULT_BLOCK_SECONDS = 2.0
-
-
-class AudioError(Exception):
-    """A recording could not be used. ``path`` names the file and ``reason`` says why.
-
-    Parameters
-    ----------
-    path : str or Path
-        The file.
-    reason : str
-        What went wrong, in words a user can act on.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)

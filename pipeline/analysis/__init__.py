@@ -1,0 +1,1 @@
+"""Spline-theory analyses of trained networks on audio, with an HTML page."""

@@ -1,0 +1,1 @@
+"""Batch detection: windows of scattergrams scored by a detector, the results store, exports."""

@@ -1,0 +1,1 @@
+"""Evaluation on labelled challenge-style data: ROC AUC, cross-validation, HTML report."""

@@ -1,0 +1,1 @@
+"""The streaming front end: audio in, wavelet scattering, thresholding, scattergrams out."""

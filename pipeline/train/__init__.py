@@ -1,0 +1,1 @@
+"""Training detectors on labelled (and unlabelled) audio folders."""
