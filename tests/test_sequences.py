@@ -1,4 +1,4 @@
-"""Tests of pipeline/sequences.py: pooling scattergram frames to coarse steps, and channel standardisation."""
+"""Tests of pipeline/frontend/sequences.py: pooling scattergram frames to coarse steps."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import pytest
 
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.scattering import Scattergram
-from scatterbird.pipeline.frontend.sequences import (
-    STD_FLOOR,
-    ChannelStats,
-    fit_channel_stats,
-    pool_frames,
-    sequence_from_scattergram,
-    standardize,
-)
+from scatterbird.models.standardize import STD_FLOOR
+from scatterbird.pipeline.frontend.sequences import pool_frames, sequence_from_scattergram
 
 
 def _sg(S: np.ndarray, config: FeatureConfig, frame_rate: float | None = None) -> Scattergram:
@@ -80,22 +74,3 @@ def test_sequence_from_scattergram_checks_config_and_standardises_per_clip():
     np.testing.assert_allclose(seq.std(axis=0), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="feature config"):
         sequence_from_scattergram(_sg(S, cfg), cfg.replace(pool_s=0.5))
-
-
-def test_channel_stats_and_standardize():
-    a = np.array([[1.0, 5.0], [3.0, 5.0]])
-    b = np.array([[5.0, 5.0]])
-    st = fit_channel_stats([a, b])  # each step counts once: channel 0 steps 1, 3, 5
-    np.testing.assert_allclose(st.mean, [3.0, 5.0])
-    np.testing.assert_allclose(st.std, [np.sqrt(8 / 3), STD_FLOOR])  # constant channel: floored, no division by 0
-    z = standardize(a, st)
-    np.testing.assert_allclose(z[:, 0], (a[:, 0] - 3.0) / np.sqrt(8 / 3))
-    np.testing.assert_allclose(z[:, 1], 0.0)
-    assert standardize(a, st, dtype=np.float32).dtype == np.float32
-    with pytest.raises(ValueError, match="2\\)"):
-        standardize(np.zeros((3, 4)), st)
-    with pytest.raises(ValueError, match="one channel count"):
-        fit_channel_stats([a, np.zeros((2, 3))])
-    with pytest.raises(ValueError, match="no sequences"):
-        fit_channel_stats([])
-    assert ChannelStats(np.zeros(4), np.ones(4)).n_channels == 4
