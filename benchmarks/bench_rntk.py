@@ -208,7 +208,7 @@ def auc_comparison(args: argparse.Namespace) -> None:
 
     from scatterbird.models.inversion import InversionDetector
     from scatterbird.pipeline.config import FeatureConfig
-    from scatterbird.pipeline.frontend.sequences import pool_frames
+    from scatterbird.pipeline.detect.windows import pool_frames
 
     config = FeatureConfig(max_order=1)
     cache = ROOT / "benchmarks" / ".cache"

@@ -24,7 +24,7 @@ not yet emitted are kept (about ``W`` seconds plus one chunk), so a 10-hour reco
 frames. The total length is needed only for the last window, and is asked for once the chunks are exhausted.
 
 Pooling: when the detector's feature configuration has ``pool_s > 0``, each window's frames are averaged to
-steps of ``pool_s`` seconds from the window's first frame, by :func:`pipeline.sequences.pool_frames` (the
+steps of ``pool_s`` seconds from the window's first frame, by :func:`pool_frames` (the
 pooling training uses), so a window is pooled exactly as a training clip of the same length.
 """
 
@@ -39,7 +39,60 @@ import numpy as np
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.scattering import Scattergram
 
-from scatterbird.pipeline.frontend.sequences import pool_frames
+
+def pool_frames(S: np.ndarray, frame_rate: float, pool_s: float) -> np.ndarray:
+    """Average-pool frames to a step of ``pool_s`` seconds.
+
+    Frame ``i`` goes to step ``floor(i / (pool_s * frame_rate))``. A final partial step holding fewer than
+    half a step's worth of frames is merged into the step before it (a step of one or two edge frames
+    would be noisier than the others, and the RNTK's "last" readout weights the last step most).
+
+    Parameters
+    ----------
+    S : ndarray, shape (n_channels, n_frames)
+        Frames, as in :attr:`Scattergram.S`.
+    frame_rate : float
+        Frames per second.
+    pool_s : float
+        Step in seconds; 0 keeps the native frames.
+
+    Returns
+    -------
+    ndarray, float32, shape (n_steps, n_channels)
+        about ``round(n_frames / (pool_s * frame_rate))`` steps (at least 1), or ``n_frames`` for ``pool_s = 0``.
+
+    Raises
+    ------
+    ValueError
+        On a non-2-D or empty input, a negative ``pool_s``, or a step shorter than one frame.
+
+    Examples
+    --------
+    >>> pool_frames(np.arange(8.0)[None, :], frame_rate=4.0, pool_s=1.0)[:, 0]
+    array([1.5, 5.5], dtype=float32)
+    """
+    S = np.asarray(S)
+    if S.ndim != 2 or S.shape[0] == 0 or S.shape[1] == 0:
+        raise ValueError(f"expected frames of shape (n_channels, n_frames) with both > 0, got {S.shape}")
+    if pool_s < 0:
+        raise ValueError(f"pool_s must be >= 0 seconds, got {pool_s}")
+    if pool_s == 0:
+        return np.ascontiguousarray(S.T, dtype=np.float32)
+    per_step = pool_s * frame_rate
+    if per_step < 1:
+        raise ValueError(
+            f"pool_s={pool_s} s is shorter than one frame ({1 / frame_rate:.4f} s at {frame_rate:.3f} frames/s)"
+        )
+    n = S.shape[1]
+    # The small offset keeps a frame that sits exactly on a bin edge (up to rounding) in the later bin.
+    step = np.floor(np.arange(n) / per_step + 1e-9).astype(np.int64)
+    last = int(step[-1])
+    if last > 0 and np.count_nonzero(step == last) < per_step / 2:
+        step[step == last] = last - 1
+    starts = np.searchsorted(step, np.arange(int(step[-1]) + 1))
+    counts = np.diff(np.append(starts, n))
+    sums = np.add.reduceat(S.astype(np.float64), starts, axis=1)
+    return np.ascontiguousarray((sums / counts).T, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -137,7 +190,7 @@ def frame_range(start: int, end: int, frame_hop: int) -> tuple[int, int]:
 def pool_sequence(seq: np.ndarray, frame_rate: float, pool_s: float) -> np.ndarray:
     """Average a (n_frames, n_channels) sequence to steps of ``pool_s`` seconds.
 
-    The pooling is :func:`pipeline.sequences.pool_frames` (the one training and every detector use), taking
+    The pooling is :func:`pool_frames` (the one training and every detector use), taking
     and returning the detector's orientation. ``pool_s <= 0`` returns the sequence unchanged.
 
     Returns
