@@ -83,18 +83,23 @@ def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
 
 
 def test_analyze_without_labels_and_with_some_stages(synthetic_set, tmp_path):
-    """Unlabelled clips and a subset of stages: only those stages' figures, and the page links only them."""
+    """Unlabelled clips and a subset of stages: only those stages' figures, the page links only them, a clip's
+    name is escaped, and every table sits in a horizontally scrolling box."""
     net, (c, t) = random_inversion_net(0, n_channels=5, n_frames=20)
     rng = np.random.default_rng(0)
-    clips = ClipSet([f"c{i}" for i in range(4)], [rng.normal(size=(t + i, c)).astype(np.float32) for i in range(4)])
+    clip_names = ["<script>alert(1)</script>", *(f"c{i}" for i in range(1, 4))]  # a name holding markup
+    clips = ClipSet(clip_names, [rng.normal(size=(t + i, c)).astype(np.float32) for i in range(4)])
     an = run_analysis(spline_model(net, n_channels=c), clips, AnalysisOptions(stages=("codes", "beta_sweep"), detail_clips=2))
     assert an.summary["n_frames"] == t  # cropped to the shortest clip
     assert "same_class_shared_region" not in an.summary["codes"]["per_layer"][0]
     written = write_report(tmp_path, an)
     names = {p.name for p in written}
     assert names == {"codes.png", "hamming.png", "beta_sweep.png", "analysis.json", "index.html"}
-    for link in _linked((tmp_path / "index.html").read_text()):
+    html = (tmp_path / "index.html").read_text()
+    for link in _linked(html):
         assert (tmp_path / link).is_file()
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text
+    assert html.count("<table") == html.count('<div class="scroll"><table') > 0  # wide tables scroll, not overflow
 
 
 def test_analyze_refuses_a_model_without_a_network(synthetic_set, tmp_path, capsys):

@@ -1,12 +1,12 @@
 """Write an :class:`~pipeline.analysis.Analysis` to a directory: ``analysis.json``, PNG figures
-(matplotlib, Agg backend) and ``index.html`` showing them with the main numbers.
+(matplotlib, drawn without pyplot) and ``index.html`` (the jinja2 template ``pipeline/templates/analysis.html``)
+showing them with the main numbers.
 
 Only figures whose stage ran are written, and the page links only to files that were written.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from scatterbird.pipeline.html_report import new_figure, render, save_png, table, written_at
 
 #: Figure files, by the stage that feeds them.
 FIGURES = {
@@ -25,6 +27,14 @@ FIGURES = {
     "beta_sweep.png": "beta_sweep",
     "rugosity.png": "rugosity",
 }
+
+#: Columns of the codes table and of the beta-sweep tables, in order (those present are shown).
+CODE_KEYS = [
+    "layer", "part", "units", "unique_codes", "unique_regions", "code_entropy_bits", "unit_entropy_bits",
+    "unit_entropy_normalised", "mean_hamming", "same_class_shared_region", "diff_class_shared_region",
+    "hamming_within", "hamming_between", "knn1_accuracy",
+]
+BETA_KEYS = ["beta", "eta", "auc", "accuracy", "ece", "nll", "brier", "agreement", "mean_abs_dp", "mean_p"]
 
 
 def _jsonable(v: Any) -> Any:
@@ -41,15 +51,6 @@ def _jsonable(v: Any) -> Any:
         f = float(v)
         return f if math.isfinite(f) else None
     return v
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _layout(fig) -> None:
@@ -87,14 +88,14 @@ def _show_tf(ax, img: np.ndarray, freqs: np.ndarray | None, title: str, symmetri
 
 
 def _fig_templates(a: dict, arrays: dict, path: Path) -> None:
-    plt = _plt()
     order, freq = arrays.get("order"), arrays.get("frequency")
     X, T, C = a["inputs"], a["log_odds_templates"], a["centroid_layer1"]
     names, labels = arrays["names"], arrays.get("labels")
     k = min(2, X.shape[0])
     extra = [key for key in ("mean_template_bird", "mean_template_nobird") if key in a]
     rows = k + (1 if extra else 0)
-    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.6 * rows), squeeze=False)
+    fig = new_figure(13, 2.6 * rows)
+    axes = fig.subplots(rows, 3, squeeze=False)
     for i in range(k):
         lab = "" if labels is None else (" (bird)" if labels[i] == 1 else " (no bird)")
         img, f = _first_order_view(X[i], order, freq)
@@ -110,14 +111,13 @@ def _fig_templates(a: dict, arrays: dict, path: Path) -> None:
         for j in range(len(extra), 3):
             axes[rows - 1, j].axis("off")
     _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _fig_codes(stats: list[dict], path: Path) -> None:
-    plt = _plt()
     layers = [s["layer"] for s in stats]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = new_figure(11, 3.6)
+    axes = fig.subplots(1, 2)
     n_key = [("unique_codes", "unique codes (layer alone)"), ("unique_regions", "unique regions (layers 1..l)")]
     for key, lab in n_key:
         axes[0].plot(layers, [s[key] for s in stats], marker="o", label=lab)
@@ -141,14 +141,13 @@ def _fig_codes(stats: list[dict], path: Path) -> None:
     axes[1].set_title("code statistics", fontsize=9)
     axes[1].legend(fontsize=7)
     _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _fig_hamming(a: dict, labels: np.ndarray | None, path: Path, n_layers: int) -> None:
-    plt = _plt()
     order = np.argsort(labels, kind="stable") if labels is not None else np.arange(a["hamming_first"].shape[0])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = new_figure(10, 4.2)
+    axes = fig.subplots(1, 2)
     for ax, key, title in ((axes[0], "hamming_first", "layer 1"), (axes[1], "hamming_last", f"layer {n_layers}")):
         D = a[key][np.ix_(order, order)]
         im = ax.imshow(D, cmap="viridis", interpolation="nearest")
@@ -160,13 +159,12 @@ def _fig_hamming(a: dict, labels: np.ndarray | None, path: Path, n_layers: int) 
             ax.set_xlabel("clips (no bird | bird)", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _fig_path(p: dict, path: Path) -> None:
-    plt = _plt()
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 4.8), sharex=True)
+    fig = new_figure(9, 4.8)
+    ax, bx = fig.subplots(2, 1, sharex=True)
     ax.plot(p["u"], p["log_odds"], lw=0.8, color="k")
     ax.set_ylabel("bird log-odds")
     ax.set_title(f"exact path through {len(p['u']) - 1} linear regions along x -> time_shift(x) (one clip)", fontsize=9)
@@ -180,8 +178,7 @@ def _fig_path(p: dict, path: Path) -> None:
     bx.set_xlabel("u")
     bx.set_ylabel("region changes")
     fig.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.92, hspace=0.15)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _slice_panel(ax, sl: dict, names: list[str], title: str) -> None:
@@ -218,21 +215,20 @@ def _slice_panel(ax, sl: dict, names: list[str], title: str) -> None:
 
 
 def _fig_slice(slices: dict, names: list[str], path: Path) -> None:
-    plt = _plt()
     keys = [k for k in ("wide", "zoom") if k in slices]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 5.4), squeeze=False)
+    fig = new_figure(6.2 * len(keys), 5.4)
+    axes = fig.subplots(1, len(keys), squeeze=False)
     titles = {"wide": "plane through the three clips", "zoom": f"zoom on {names[0]}"}
     for ax, k in zip(axes[0], keys):
         _slice_panel(ax, slices[k], names, titles[k])
     fig.suptitle("partition on x0 + s (x1 - x0) + t (x2 - x0)  (dark: region boundaries; green: decision boundary)", fontsize=9)
     fig.subplots_adjust(left=0.06, right=0.93, bottom=0.1, top=0.88, wspace=0.45)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _fig_beta(rows: list[dict], path: Path, rows_act: list[dict] | None = None) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig = new_figure(8, 3.8)
+    ax = fig.subplots()
     colours = {"auc": "C0", "accuracy": "C1", "ece": "C2", "agreement": "C3", "mean_abs_dp": "C4"}
     for data, style, tag in ((rows, "-o", "all"), (rows_act, "--s", "activations only")):
         if not data:
@@ -248,15 +244,14 @@ def _fig_beta(rows: list[dict], path: Path, rows_act: list[dict] | None = None) 
     ax.legend(fontsize=6, ncol=2)
     ax.set_title("post-hoc beta-VQ sweep (no retraining)", fontsize=9)
     _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def _fig_rugosity(values: dict[str, list[float]], regions: dict | None, path: Path) -> None:
-    plt = _plt()
     dirs = [k for k in values if not k.startswith("random@")]
     x = np.arange(len(dirs))
-    fig, axes = plt.subplots(1, 2 if regions else 1, figsize=(11 if regions else 6, 3.6), squeeze=False)
+    fig = new_figure(11 if regions else 6, 3.6)
+    axes = fig.subplots(1, 2 if regions else 1, squeeze=False)
     ax = axes[0, 0]
     aud = [np.mean(values[d]) for d in dirs]
     rnd = [np.mean(values[f"random@{d}"]) for d in dirs]
@@ -281,103 +276,84 @@ def _fig_rugosity(values: dict[str, list[float]], regions: dict | None, path: Pa
         ax.set_title("exact regions along x -> aug(x)", fontsize=9)
         ax.legend(fontsize=7)
     _layout(fig)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
-def _table(rows: list[dict], keys: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, dict) and "mean" in v:
-            return f"{v['mean']:.4g}" if v["mean"] is not None else "-"
-        if isinstance(v, list):
-            return ", ".join(cell(x) for x in v)
-        return html.escape(str(v)) if v is not None else "-"
-
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _html(summary: dict, figures: list[str]) -> str:
+def _page(summary: dict, figures: list[str]) -> dict[str, Any]:
+    """The data ``analysis.html`` lays out: the summary's numbers as tables, by stage."""
     s = _jsonable(summary)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>scatterbird spline analysis</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
-        "</style></head><body>",
-        "<h1>Spline analysis of a detector</h1>",
-        f"<p>{s['n_clips']} clips ({'labelled, ' + str(s['n_bird']) + ' with birds' if s['labelled'] else 'unlabelled'}),"
-        f" {s['n_frames']} frames x {s['n_channels']} channels (input dimension {s['input_dim']});"
-        f" piecewise layers: {html.escape(', '.join(s['layers']))}. Numbers: <a href='analysis.json'>analysis.json</a>.</p>",
-    ]
-    if "model" in s:
-        m = s["model"]
-        parts.append(f"<p>Model {html.escape(str(m['path']))} (kind {html.escape(str(m['kind']))}, hash {m['model_hash']}).</p>")
-
-    def fig(name: str, caption: str) -> None:
-        if name in figures:
-            parts.append(f"<figure><img src='{name}' alt='{name}'><figcaption>{html.escape(caption)}</figcaption></figure>")
-
+    m = s.get("model")
+    page: dict[str, Any] = {
+        "title": "scatterbird spline analysis",
+        "heading": "Spline analysis of a detector",
+        "provenance": {
+            "model": {"kind": str(m["kind"]), "hash": m["model_hash"], "path": str(m["path"]), "note": None} if m else None,
+            "config": {"hash": m["feature_config_hash"], "details": None} if m and m.get("feature_config_hash") else None,
+            "written": written_at(),
+        },
+        "figures": figures,
+        "layers": ", ".join(s["layers"]),
+        **{k: s[k] for k in ("n_clips", "labelled", "n_frames", "n_channels", "input_dim")},
+        "n_bird": s.get("n_bird"),
+        "problems": table(s["problems"], ["path", "reason"]) if s.get("problems") else None,
+    }
     if "templates" in s:
         t = s["templates"]
-        parts.append("<h2>1. Templates (affine form f(x) = A[x] x + B[x])</h2>")
-        parts.append(_table([{
+        row = {
             "bias share per logit": t["bias_share_mean_per_logit"],
             "template overlap |cos|": t["template_overlap"],
             "cos(template of predicted class, x)": t["predicted_template_input_cosine"],
             "cos(log-odds template, x)": t["log_odds_template_input_cosine"],
-        }], ["bias share per logit", "template overlap |cos|", "cos(template of predicted class, x)", "cos(log-odds template, x)"]))
-        fig("templates.png", "Inputs, templates of the bird log-odds (red: raises it) and layer-1 centroids, first-order channels.")
+        }
+        page["templates"] = table([row], list(row))
     if "codes" in s:
-        parts.append("<h2>2. VQ codes and partition statistics</h2>")
-        keys = ["layer", "part", "units", "unique_codes", "unique_regions", "code_entropy_bits", "unit_entropy_bits",
-                "unit_entropy_normalised",
-                "mean_hamming", "same_class_shared_region", "diff_class_shared_region", "hamming_within",
-                "hamming_between", "knn1_accuracy"]
-        parts.append(_table(s["codes"]["per_layer"], [k for k in keys if k in s["codes"]["per_layer"][0]]))
-        fig("codes.png", "Cells occupied and code statistics per layer.")
-        fig("hamming.png", "Hamming VQ distance between clips (sorted by label).")
-        parts.append("<h3>Nearest neighbours by VQ distance</h3>")
-        parts.append(_table(s["codes"]["retrieval"], ["layer", "query", "query_label", "neighbours", "neighbour_labels", "distances"]))
+        per_layer = s["codes"]["per_layer"]
+        page["codes"] = {
+            "per_layer": table(per_layer, [k for k in CODE_KEYS if k in per_layer[0]]),
+            "retrieval": table(
+                s["codes"]["retrieval"], ["layer", "query", "query_label", "neighbours", "neighbour_labels", "distances"]
+            ),
+        }
     if "power_diagram" in s:
         p = s["power_diagram"]
-        parts.append("<h2>3. Power diagram and regions</h2>")
-        parts.append(_table(p["centroids"], ["layer", "centroid_norm", "radius", "centroid_input_cosine"]))
-        rows = [{"path": k, **v} for k, v in p["regions_along"].items()]
-        parts.append("<h3>Exact linear regions crossed along x -> aug(x) (mean over clips)</h3>")
-        parts.append(_table(rows, ["path", "regions", "regions_per_unit_distance", "decision_flips", "new_breakpoints_per_layer_mean"]))
-        parts.append("<h3>Local complexity (units cut by a small cross-polytope)</h3>")
-        parts.append(_table(p["local_complexity"]["per_layer"], ["layer", "cut_units", "cut_fraction"]))
-        fig("regions_path.png", "Bird log-odds along a one-frame time shift of one clip; ticks: region changes.")
-        for key, what in (("wide", "plane through the three clips"), ("zoom", "zoom on the first clip")):
-            if key in p["slice"]:
-                sl = p["slice"][key]
-                parts.append(f"<p>2-D slice, {what} (s, t in {[round(e, 4) for e in sl['extent']]}): {sl['regions']} "
-                             f"regions on a {p['slice']['grid']}x{p['slice']['grid']} grid; regions of layers 1..l: "
-                             f"{sl['regions_per_layer']}.</p>")
-        fig("region_slice.png", "Partition on the plane through three clips.")
+        page["power_diagram"] = {
+            "centroids": table(p["centroids"], ["layer", "centroid_norm", "radius", "centroid_input_cosine"]),
+            "regions_along": table(
+                [{"path": k, **v} for k, v in p["regions_along"].items()],
+                ["path", "regions", "regions_per_unit_distance", "decision_flips", "new_breakpoints_per_layer_mean"],
+            ),
+            "local_complexity": table(p["local_complexity"]["per_layer"], ["layer", "cut_units", "cut_fraction"]),
+            "slices": [
+                {
+                    "what": what,
+                    "extent": [round(e, 4) for e in p["slice"][key]["extent"]],
+                    "regions": p["slice"][key]["regions"],
+                    "grid": p["slice"]["grid"],
+                    "regions_per_layer": p["slice"][key]["regions_per_layer"],
+                }
+                for key, what in (("wide", "plane through the three clips"), ("zoom", "zoom on the first clip"))
+                if key in p["slice"]
+            ],
+        }
     if "beta_sweep" in s:
-        parts.append("<h2>4. beta-VQ sweep</h2>")
-        keys = ["beta", "eta", "auc", "accuracy", "ece", "nll", "brier", "agreement", "mean_abs_dp", "mean_p"]
-        parts.append(_table(s["beta_sweep"], [k for k in keys if k in s["beta_sweep"][0]]))
-        if s.get("beta_sweep_activations"):
-            parts.append("<p>Activations only (max-poolings kept hard):</p>")
-            parts.append(_table(s["beta_sweep_activations"], [k for k in keys if k in s["beta_sweep_activations"][0]]))
-        fig("beta_sweep.png", "Every nonlinearity replaced by its beta-VQ version, no retraining.")
+        act = s.get("beta_sweep_activations")
+        page["beta_sweep"] = {
+            "all": table(s["beta_sweep"], [k for k in BETA_KEYS if k in s["beta_sweep"][0]]),
+            "activations": table(act, [k for k in BETA_KEYS if k in act[0]]) if act else None,
+        }
     if "rugosity" in s:
         r = s["rugosity"]
-        parts.append("<h2>5. Rugosity (finite-difference tangent Hessian)</h2>")
-        rows = [{"direction": k, **v} for k, v in r["per_direction"].items()]
-        parts.append(_table(rows, ["direction", "mean", "median", "p90", "eps_mean"]))
-        parts.append(_table([{"direction": k, "ratio to random": v} for k, v in r["ratio_to_random"].items()], ["direction", "ratio to random"]))
-        fig("rugosity.png", "Rugosity and regions crossed along audio directions vs random directions of the same size.")
-    if s.get("problems"):
-        parts.append("<h2>Inputs not used</h2>")
-        parts.append(_table(s["problems"], ["path", "reason"]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        page["rugosity"] = {
+            "per_direction": table(
+                [{"direction": k, **v} for k, v in r["per_direction"].items()], ["direction", "mean", "median", "p90", "eps_mean"]
+            ),
+            "ratio": table(
+                [{"direction": k, "ratio to random": v} for k, v in r["ratio_to_random"].items()], ["direction", "ratio to random"]
+            ),
+        }
+    for stage in ("templates", "codes", "power_diagram", "beta_sweep", "rugosity"):
+        page.setdefault(stage, None)
+    return page
 
 
 def write_report(outdir: str | os.PathLike, analysis: Any) -> list[Path]:
@@ -415,6 +391,5 @@ def write_report(outdir: str | os.PathLike, analysis: Any) -> list[Path]:
     with open(out / "analysis.json", "w") as f:
         json.dump(_jsonable(s), f, indent=1, allow_nan=False)
     written.append(out / "analysis.json")
-    (out / "index.html").write_text(_html(s, figures))
-    written.append(out / "index.html")
+    written.append(render("analysis.html", out / "index.html", **_page(s, figures)))
     return written
