@@ -163,6 +163,7 @@ def _pool_for(args: argparse.Namespace) -> float:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scatterbird.models.base import DetectorError
+    from scatterbird.errors import DatasetError
     from scatterbird.pipeline.train.training import TrainingError, parse_params, run_train
 
     config = _config_from(args).replace(pool_s=_pool_for(args))
@@ -176,10 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.output, model=args.model, params=parse_params(args.param or []), seed=args.seed, config=config,
             cache_dir=args.cache, progress=not args.quiet, **inputs,
         )
-    except (TrainingError, DetectorError) as exc:
+    except (DatasetError, TrainingError, DetectorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     d = report.data
+    incomplete = _print_datasets([d.dataset])  # bad label rows, skipped
     _report_problems(d.failed, "failed")
     print(
         f"train: {args.model} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
@@ -187,13 +189,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"hidden labels); features: {d.cache_hits} from the cache, {d.cache_misses} computed; fitted in "
         f"{report.fit_seconds:.1f} s; model written to {report.model_path} (config {config.hash})"
     )
-    return EXIT_SOME_FAILED if d.failed else EXIT_OK
+    return EXIT_SOME_FAILED if d.failed or incomplete else EXIT_OK
 
 
 # -- evaluate / crossval -------------------------------------------------------------------------------
 def _evaluation_errors() -> tuple[type[BaseException], ...]:
     from scatterbird.models.base import DetectorError
-    from scatterbird.pipeline.evaluate.run import DatasetError
+    from scatterbird.errors import DatasetError
     from scatterbird.pipeline.train.training import TrainingError
 
     return (DatasetError, DetectorError, TrainingError)
@@ -217,7 +219,8 @@ def _print_run(run, incomplete: bool) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.evaluate.run import evaluate, load_datasets, load_model
+    from scatterbird.pipeline.datasets import load_datasets
+    from scatterbird.pipeline.evaluate.run import evaluate, load_model
 
     try:
         datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
@@ -235,7 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_crossval(args: argparse.Namespace) -> int:
     from scatterbird.models.registry import build_detector
-    from scatterbird.pipeline.evaluate.run import crossval, load_datasets
+    from scatterbird.pipeline.datasets import load_datasets
+    from scatterbird.pipeline.evaluate.run import crossval
     from scatterbird.pipeline.train.training import parse_params
 
     config = _config_from(args).replace(pool_s=_pool_for(args))

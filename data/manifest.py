@@ -1,7 +1,7 @@
 """The Bird Audio Detection / DCASE 2018 Task 3 datasets as their users have them on disk.
 
 Nothing is downloaded at run time: this manifest only says what each published dataset holds, how its
-archive unpacks and which label file comes with it, so that :mod:`pipeline.evaluate` can find the files
+archive unpacks and which label file comes with it, so that :mod:`pipeline.datasets` can find the files
 under a folder and say what is missing.
 
 Every dataset is a folder of 10 s, 44.1 kHz mono ``<itemid>.wav`` clips and a CSV ``itemid,datasetid,hasbird``

@@ -49,7 +49,7 @@ DEFAULT_CANDIDATES = ("inversion-supervised", "inversion-semi")
 
 
 def _load(workdir: Path):
-    from scatterbird.pipeline.evaluate.run import load_dataset
+    from scatterbird.pipeline.datasets import load_dataset
 
     info = json.loads((workdir / "build.json").read_text())
     folds = [load_dataset(d) for d in info["fold_dirs"]]

@@ -11,20 +11,18 @@ import torch
 
 from scatterbird.cli import main
 from scatterbird.data.synthetic import write_dataset
-from scatterbird.errors import DetectorError
+from scatterbird.errors import DatasetError, DetectorError
 from scatterbird.models.registry import build_detector, load_detector
 from scatterbird.models.inversion import InversionDetector
 from scatterbird.pipeline.train import training
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.datasets import load_dataset, read_labels
 from scatterbird.pipeline.train.training import (
     TrainingError,
-    find_dataset_files,
     parse_params,
     prepare_training_data,
-    read_labels,
     run_train,
     split_labelled,
-    match_audio,
 )
 
 torch.set_num_threads(1)
@@ -55,34 +53,35 @@ def no_training(monkeypatch):
 
 
 # -- labels and inputs -----------------------------------------------------------------------------------
+def _labels(tmp_path, text):
+    f = tmp_path / "labels.csv"
+    f.write_text(text)
+    return f
+
+
 def test_read_labels_and_dataset_layout(dataset):
-    audio, labels = find_dataset_files(dataset / "bad")
-    assert audio == dataset / "bad" / "wav" and labels.name == "synthetic.csv"  # not events.csv
-    rows = read_labels(labels)
-    assert len(rows) == 16 and rows[0][0] == "synthetic_00000" and {y for _, y in rows} == {0, 1}
-    clips = match_audio(rows, audio)
-    assert all(c.path.stem == c.itemid and c.path.exists() for c in clips)
+    d = load_dataset(dataset / "bad", require_labels=True)
+    assert d.audio_dir == dataset / "bad" / "wav" and d.labels_path.name == "synthetic.csv"  # not events.csv
+    assert len(d.clips) == 16 and d.clips[0].itemid == "synthetic_00000" and set(d.labels.tolist()) == {0, 1}
+    assert all(c.path.stem == c.itemid and c.path.exists() for c in d.clips)
 
 
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("", "is empty"),
-        ("itemid,hasbird\n", "no rows"),
-        ("itemid,label\na,1\n", "lacks the column"),
-        ("itemid,hasbird\na,yes\n", "line 2: hasbird must be 0 or 1"),
-        ("itemid,hasbird\na,1\na,0\n", "already given"),
+        ("", "empty label file"),
+        ("itemid,hasbird\n", "no usable row"),
+        ("itemid,label\na,1\n", "no 'hasbird' column"),
+        ("itemid,hasbird\na,yes\n", "no usable row.*line 2: a: hasbird must be 0 or 1"),
     ],
 )
-def test_bad_label_files(tmp_path, text, match):
-    f = tmp_path / "labels.csv"
-    f.write_text(text)
-    with pytest.raises(TrainingError, match=match):
-        read_labels(f)
+def test_bad_label_files(dataset, tmp_path, text, match, no_training):
+    with pytest.raises(DatasetError, match=match):
+        run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, text), config=CONFIG)
 
 
 def test_split_labelled_is_stratified_and_seeded(dataset):
-    clips = match_audio(read_labels(dataset / "bad" / "synthetic.csv"), dataset / "bad" / "wav")
+    clips = load_dataset(dataset / "bad").clips
     kept, hidden = split_labelled(clips, 0.25, seed=1)
     assert len(kept) + len(hidden) == len(clips) and {c.label for c in kept} == {0, 1}
     assert [c.itemid for c in kept] == [c.itemid for c in split_labelled(clips, 0.25, seed=1)[0]]
@@ -92,20 +91,9 @@ def test_split_labelled_is_stratified_and_seeded(dataset):
 
 
 # -- bad input: a clear error before any work --------------------------------------------------------
-def _labels(tmp_path, text):
-    f = tmp_path / "labels.csv"
-    f.write_text(text)
-    return f
-
-
-def test_error_empty_label_file(dataset, tmp_path, no_training):
-    with pytest.raises(TrainingError, match="is empty"):
-        run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, ""), config=CONFIG)
-
-
 def test_error_labels_name_missing_audio(dataset, tmp_path, no_training):
     text = "itemid,hasbird\nsynthetic_00000,1\nnot_there,0\nalso_missing,1\n"
-    with pytest.raises(TrainingError, match=r"2 of 3 labelled itemids have no audio file .*not_there, also_missing"):
+    with pytest.raises(DatasetError, match=r"2 of 3 labelled itemids have no audio file .*not_there, also_missing"):
         run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, text), config=CONFIG)
 
 
@@ -202,7 +190,7 @@ def test_labelled_fraction_hides_labels(dataset, warm):
     cache, kw, _ = warm
     data = prepare_training_data(dataset=dataset / "bad", config=CONFIG, cache_dir=cache, labelled_fraction=0.25,
                                  progress=False)
-    y = np.array([v for _, v in read_labels(dataset / "bad" / "synthetic.csv")])
+    y = np.array([v for _, _, v in read_labels(dataset / "bad" / "synthetic.csv").rows])
     expected = sum(max(1, int(round(0.25 * np.sum(y == c)))) for c in (0, 1))
     assert len(data.labels) == expected and set(data.labels.tolist()) == {0, 1}
     assert data.n_hidden == 16 - expected and len(data.unlabeled) == 16 - expected
@@ -225,7 +213,7 @@ def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys)
 
 def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_path):
     cache, _, _ = warm
-    rows = read_labels(dataset / "bad" / "synthetic.csv")
+    rows = [(item, y) for item, _, y in read_labels(dataset / "bad" / "synthetic.csv").rows]
     pick = [next(r for r in rows if r[1] == 0), next(r for r in rows if r[1] == 1), rows[2]]
     audio = tmp_path / "wav"
     audio.mkdir()
@@ -236,6 +224,29 @@ def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_
     data = prepare_training_data(audio=audio, labels=labels, config=CONFIG, cache_dir=cache, progress=False)
     assert data.labelled_ids == [i for i, _ in pick] and data.cache_misses == 0
     assert len(data.failed) == 1 and data.failed[0][0].endswith("broken.wav")
+
+
+def test_bad_label_rows_are_skipped_and_reported(dataset, warm, tmp_path, capsys):
+    """A bad row (unparseable label, empty or repeated itemid) is skipped and named by its line; training goes on."""
+    cache = warm[0]
+    rows = [(item, y) for item, _, y in read_labels(dataset / "bad" / "synthetic.csv").rows]
+    text = "itemid,hasbird\n" + "".join(f"{i},{y}.0\n" for i, y in rows)  # floats equal to 0 or 1 are labels
+    text += f"{rows[0][0]},1\nx,yes\n,0\n"  # lines 18, 19, 20
+    labels = _labels(tmp_path, text)
+    data = prepare_training_data(audio=dataset / "bad" / "wav", labels=labels, config=CONFIG, cache_dir=cache,
+                                 progress=False)
+    assert data.labelled_ids == [i for i, _ in rows] and data.labels.tolist() == [y for _, y in rows]
+    assert data.cache_misses == 0
+    bad = dict(data.dataset.bad_rows)
+    assert sorted(bad) == [18, 19, 20]
+    assert "duplicate itemid, first on line 2" in bad[18] and "got 'yes'" in bad[19] and "empty itemid" in bad[20]
+    # the command line prints them and exits with "some inputs could not be used"
+    model = tmp_path / "m.pt"
+    args = ["train", "--audio", str(dataset / "bad" / "wav"), "--labels", str(labels), "-o", str(model), "--order", "1",
+            "--threshold", "none", "--param", "max_epochs=1", "--param", "widths=[8, 8]", "--cache", str(cache), "-q"]
+    assert main(args) == 1 and model.exists()
+    err = capsys.readouterr().err
+    assert "3 bad row(s) in labels.csv skipped: line 18:" in err and "line 20: empty itemid" in err
 
 
 def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path):

@@ -37,7 +37,8 @@ from scatterbird.models.spline.directions import FeatureSpace, audio_directions,
 from scatterbird.models.spline.network import PointwiseHandler, SplineNet, handler_for, iter_batches, spline_view
 from scatterbird.models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
 from scatterbird.models.spline.rugosity import jacobian_norm, tangent_rugosity
-from scatterbird.errors import AnalysisError
+from scatterbird.errors import AnalysisError, DatasetError
+from scatterbird.pipeline import datasets
 
 STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
 
@@ -502,13 +503,12 @@ def _stage_rugosity(view: SplineNet, X: torch.Tensor, detail: np.ndarray, space:
 
 # -- files ----------------------------------------------------------------------------------------------
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
-    """Labels by itemid from a Bird-Audio-Detection CSV (``itemid,hasbird``; the training pipeline's reader)."""
-    from scatterbird.pipeline.train.training import TrainingError, read_labels as _read
-
+    """Labels by itemid from a Bird-Audio-Detection CSV (``itemid,hasbird``; :func:`pipeline.datasets.read_labels`)."""
     try:
-        return {Path(item).stem: int(lab) for item, lab in _read(path)}
-    except TrainingError as exc:
+        rows = datasets.read_labels(path, require_labels=True)
+    except DatasetError as exc:
         raise AnalysisError(str(exc)) from None
+    return {Path(item).stem: int(lab) for item, _, lab in rows.rows}
 
 
 def _label_for(name: str, labels: dict[str, int]) -> int | None:

@@ -3,9 +3,9 @@
 Steps, in this order, so that every input problem is reported before any feature is computed or any
 training starts:
 
-1. **Labels.** A Bird Audio Detection style folder (audio under ``wav/`` or the folder itself, and one CSV
-   with ``itemid`` and ``hasbird`` columns), or an audio directory and a label CSV given separately.
-   Each ``itemid`` must name an audio file (its name without extension). Both classes must be present.
+1. **Labels.** A Bird Audio Detection style folder or an audio directory and a label CSV, read by
+   :mod:`pipeline.datasets` (bad label rows are skipped and reported). Each ``itemid`` must name an audio
+   file (its name without extension). Both classes must be present.
 2. **Few labels, simulated.** ``labelled_fraction < 1`` keeps a stratified random share of the labels; the
    other labelled clips join the unlabelled set with their labels hidden.
 3. **Unlabelled recordings** of any length are cut into windows exactly as detection cuts them
@@ -20,7 +20,6 @@ training starts:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import inspect
 import json
@@ -33,144 +32,19 @@ import numpy as np
 
 from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
 from scatterbird.pipeline.detect.windows import WindowSpec, iter_windows, pool_sequence
-from scatterbird.errors import TrainingError
+from scatterbird.errors import DatasetError, TrainingError
 from scatterbird.models.registry import available_detectors, build_detector
 
 #: Name of the feature cache folder next to the model file, when no cache directory is given.
 CACHE_DIRNAME = ".cache"
 
 
-# -- labels --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LabelledClip:
-    """One labelled recording."""
-
-    itemid: str
-    path: Path
-    label: int
-
-
-def read_labels(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Read a label CSV with ``itemid`` and ``hasbird`` columns (others, e.g. ``datasetid``, are ignored).
-
-    Returns
-    -------
-    list of (itemid, label)
-        In file order; labels 0 or 1.
-
-    Raises
-    ------
-    TrainingError
-        If the file is missing or empty, lacks a column, holds a value other than 0/1, or repeats an itemid.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"label file {p} not found")
-    try:
-        text = p.read_text(encoding="utf-8-sig")  # BOM-tolerant: spreadsheets often write one
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"label file {p} cannot be read ({exc})") from None
-    rows = list(csv.reader(line for line in text.splitlines() if line.strip()))
-    if not rows:
-        raise TrainingError(f"label file {p} is empty; expected a header 'itemid,hasbird' and one row per clip")
-    header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in ("itemid", "hasbird") if c not in header]
-    if missing:
-        raise TrainingError(
-            f"label file {p} lacks the column(s) {', '.join(missing)}; its header is {','.join(rows[0])!r} "
-            "(expected itemid,hasbird)"
-        )
-    ci, cl = header.index("itemid"), header.index("hasbird")
-    out: list[tuple[str, int]] = []
-    seen: dict[str, int] = {}
-    for n, row in enumerate(rows[1:], start=2):
-        if len(row) <= max(ci, cl):
-            raise TrainingError(f"label file {p}, line {n}: expected {len(header)} columns, got {len(row)}")
-        item, value = row[ci].strip(), row[cl].strip()
-        if not item:
-            raise TrainingError(f"label file {p}, line {n}: empty itemid")
-        if value not in ("0", "1"):
-            raise TrainingError(f"label file {p}, line {n}: hasbird must be 0 or 1, got {value!r}")
-        if item in seen:
-            raise TrainingError(f"label file {p}, line {n}: itemid {item!r} already given on line {seen[item]}")
-        seen[item] = n
-        out.append((item, int(value)))
-    if not out:
-        raise TrainingError(f"label file {p} has a header but no rows: no labelled clips")
-    return out
-
-
-def find_dataset_files(folder: str | os.PathLike) -> tuple[Path, Path]:
-    """Locate the audio directory and label CSV of a Bird Audio Detection style folder.
-
-    The audio is under ``FOLDER/wav`` when it exists, else the folder itself. The labels are the one CSV
-    directly in the folder whose header has ``itemid`` and ``hasbird``.
-
-    Raises
-    ------
-    TrainingError
-        If the folder is missing, or holds no such CSV, or several.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise TrainingError(f"dataset folder {root} not found")
-    candidates = []
-    for f in sorted(root.glob("*.csv")):
-        try:
-            with open(f, encoding="utf-8-sig") as fh:
-                head = [h.strip().lower() for h in next(csv.reader(fh), [])]
-        except (OSError, UnicodeDecodeError):
-            continue
-        if "itemid" in head and "hasbird" in head:
-            candidates.append(f)
-    if not candidates:
-        raise TrainingError(
-            f"dataset folder {root} holds no label CSV with itemid and hasbird columns; "
-            "give --audio DIR --labels CSV instead"
-        )
-    if len(candidates) > 1:
-        raise TrainingError(
-            f"dataset folder {root} holds several label CSVs ({', '.join(c.name for c in candidates)}); "
-            "choose one with --audio DIR --labels CSV"
-        )
-    audio = root / "wav" if (root / "wav").is_dir() else root
-    return audio, candidates[0]
-
-
-def match_audio(labels: Sequence[tuple[str, int]], audio_dir: str | os.PathLike) -> list[LabelledClip]:
-    """Pair each labelled itemid with its audio file (the file's name without extension).
-
-    Raises
-    ------
-    TrainingError
-        If the directory is missing or holds no audio, if some itemids have no file (the first few are
-        named), or if an itemid matches several files.
-    """
-    d = Path(audio_dir)
-    if not d.is_dir():
-        raise TrainingError(f"audio directory {d} not found")
-    scan = find_audio([d])
-    if not scan.files:
-        raise TrainingError(f"audio directory {d} holds no audio files")
-    by_id: dict[str, list[Path]] = {}
-    for f in scan.files:
-        by_id.setdefault(f.stem, []).append(f)
-    missing = [item for item, _ in labels if item not in by_id]
-    if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise TrainingError(f"{len(missing)} of {len(labels)} labelled itemids have no audio file in {d}: {shown}")
-    dup = [item for item, _ in labels if len(by_id[item]) > 1]
-    if dup:
-        raise TrainingError(
-            f"itemid {dup[0]!r} matches several files in {d}: {', '.join(map(str, by_id[dup[0]]))}"
-        )
-    return [LabelledClip(item, by_id[item][0], y) for item, y in labels]
-
-
-def check_both_classes(clips: Sequence[LabelledClip], what: str = "the labels") -> None:
+# -- labels ----------------------------------------------------------------------------------------------
+def check_both_classes(clips: Sequence[Clip], what: str = "the labels") -> None:
     """Raise unless both bird and no-bird clips are present."""
     ys = {c.label for c in clips}
     if len(ys) < 2:
@@ -179,8 +53,8 @@ def check_both_classes(clips: Sequence[LabelledClip], what: str = "the labels") 
 
 
 def split_labelled(
-    clips: Sequence[LabelledClip], fraction: float, seed: int = 0
-) -> tuple[list[LabelledClip], list[LabelledClip]]:
+    clips: Sequence[Clip], fraction: float, seed: int = 0
+) -> tuple[list[Clip], list[Clip]]:
     """Keep a stratified random ``fraction`` of the labelled clips; return (kept, hidden).
 
     At least one clip of each class is kept. ``fraction = 1`` keeps all, in order.
@@ -387,6 +261,7 @@ class TrainingData:
     failed: list[tuple[str, str]] = field(default_factory=list)
     cache_hits: int = 0
     cache_misses: int = 0
+    dataset: Dataset | None = None  # the labelled dataset as found; its problems() list skipped label rows
 
 
 def prepare_training_data(
@@ -407,7 +282,8 @@ def prepare_training_data(
     Parameters
     ----------
     dataset : path, optional
-        A Bird Audio Detection style folder; or give ``audio`` and ``labels``.
+        A Bird Audio Detection style folder or its label CSV (see :func:`pipeline.datasets.locate`); or give
+        ``audio`` and ``labels``.
     audio, labels : path, optional
         Audio directory and label CSV (``itemid,hasbird``).
     unlabeled : sequence of path
@@ -425,19 +301,25 @@ def prepare_training_data(
 
     Raises
     ------
+    DatasetError
+        For an unusable dataset (no labels, no usable row, labelled clips without audio).
     TrainingError
-        For any unusable input, before any feature is computed.
+        For unusable options or unlabelled inputs, or a single class; all before any feature is computed.
     """
     config = config or FeatureConfig()
     if (dataset is None) == (audio is None and labels is None):
         raise TrainingError("give either a dataset folder or both --audio DIR and --labels CSV")
-    if dataset is not None:
-        audio, labels = find_dataset_files(dataset)
-    elif audio is None or labels is None:
+    if dataset is None and (audio is None or labels is None):
         raise TrainingError("--audio and --labels go together: give both")
     if not window_s > 0:
         raise TrainingError(f"window must be > 0 seconds, got {window_s}")
-    clips = match_audio(read_labels(labels), audio)
+    found = load_dataset(dataset, audio=audio, labels=labels, require_labels=True)
+    if found.missing:
+        shown = ", ".join(found.missing[:5]) + (", ..." if len(found.missing) > 5 else "")
+        raise DatasetError(
+            f"{len(found.missing)} of {found.n_listed} labelled itemids have no audio file in {found.audio_dir}: {shown}"
+        )
+    clips = found.clips
     check_both_classes(clips)
     kept, hidden = split_labelled(clips, labelled_fraction, seed)
     unlab_files = find_unlabelled(unlabeled) if unlabeled else []
@@ -465,6 +347,7 @@ def prepare_training_data(
         failed=lab.failed + hid.failed + unl.failed,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
+        dataset=found,
     )
 
 
@@ -540,7 +423,7 @@ def run_train(
 
     Raises
     ------
-    TrainingError
+    DatasetError, TrainingError
         For unusable inputs or options, before any feature is computed.
     """
     import time

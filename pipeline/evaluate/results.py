@@ -1,0 +1,170 @@
+"""What an evaluation or cross-validation run produced: per-dataset scores and metrics, and the run's summary.
+
+Filled by :mod:`pipeline.evaluate.run`, written by :mod:`pipeline.evaluate.outputs` and
+:mod:`pipeline.evaluate.report`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.datasets import Dataset
+from scatterbird.pipeline.evaluate.metrics import bootstrap_auc_ci, harmonic_mean, roc_auc
+
+
+@dataclass
+class DatasetMetrics:
+    """The scores of one dataset and their summary."""
+
+    name: str
+    n: int  # clips found
+    n_scored: int
+    positives: int | None
+    auc: float | None
+    ci: tuple[float, float] | None
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (itemid, path, reason)
+
+    def to_json(self) -> dict[str, Any]:
+        """As in ``metrics.json`` (rounded; NaN as None)."""
+
+        def num(x: float | None) -> float | None:
+            return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
+
+        return {
+            "n": self.n,
+            "n_scored": self.n_scored,
+            "n_failed": len(self.failed),
+            "positives": self.positives,
+            "roc_auc": num(self.auc),
+            "roc_auc_ci95": None if self.ci is None else [num(self.ci[0]), num(self.ci[1])],
+        }
+
+
+@dataclass
+class DatasetResult:
+    """One dataset's clips, their scores and metrics in a run (scores NaN where a clip failed)."""
+
+    dataset: Dataset
+    scores: np.ndarray
+    reasons: list[str | None]
+    metrics: DatasetMetrics
+    train_on: list[str] = field(default_factory=list)  # crossval: the datasets the model was trained on
+
+    @property
+    def ok(self) -> np.ndarray:
+        """True for each clip that was scored."""
+        return np.array([r is None for r in self.reasons], dtype=bool)
+
+
+@dataclass
+class RunResult:
+    """Everything an evaluation or cross-validation run produced, as written to its output folder."""
+
+    kind: str  # "evaluate" or "crossval"
+    results: list[DatasetResult]
+    config: FeatureConfig
+    model: dict[str, Any]
+    harmonic_mean_auc: float | None
+    outdir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)  # role -> file name inside outdir
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+
+    def pooled(self, n_boot: int | None = None) -> dict[str, Any] | None:
+        """ROC AUC (and interval) of every labelled, scored clip of the run together.
+
+        For a cross-validation over folds of one population (e.g. source-file folds) this is the usual
+        out-of-fold AUC; for challenge datasets the official score is the harmonic mean instead.
+        """
+        ys, ss = [], []
+        for r in self.results:
+            if r.dataset.has_labels:
+                ys.append(r.dataset.labels[r.ok])
+                ss.append(r.scores[r.ok])
+        if not ys:
+            return None
+        y, s = np.concatenate(ys), np.concatenate(ss)
+        if not 0 < y.sum() < y.size:
+            return None
+        nb = self.bootstrap.get("replicates", 1000) if n_boot is None else n_boot
+        lo, hi = bootstrap_auc_ci(y, s, n_boot=nb, seed=self.bootstrap.get("seed", 0)) if nb else (float("nan"),) * 2
+        return {"n": int(y.size), "positives": int(y.sum()), "roc_auc": round(roc_auc(y, s), 6),
+                "roc_auc_ci95": None if math.isnan(lo) else [round(lo, 6), round(hi, 6)]}
+
+    @property
+    def n_failed(self) -> int:
+        """Clips that could not be scored, over all datasets."""
+        return sum(len(r.metrics.failed) for r in self.results)
+
+    def table(self) -> str:
+        """The metrics as a plain-text table (what the CLI prints)."""
+        head = f"{'dataset':<22} {'n':>7} {'pos':>7} {'AUC':>7}  95% interval"
+        if self.kind == "crossval":
+            head += "      trained on"
+        lines = [head, "-" * len(head)]
+        for r in self.results:
+            m = r.metrics
+            auc = "—" if m.auc is None or math.isnan(m.auc) else f"{m.auc:.3f}"
+            ci = "" if m.ci is None or math.isnan(m.ci[0]) else f"[{m.ci[0]:.3f}, {m.ci[1]:.3f}]"
+            pos = "hidden" if m.positives is None else str(m.positives)
+            line = f"{m.name:<22} {m.n_scored:>7} {pos:>7} {auc:>7}  {ci:<16}"
+            if self.kind == "crossval":
+                line += " " + " + ".join(r.train_on)
+            lines.append(line.rstrip())
+        hm = "—" if self.harmonic_mean_auc is None else f"{self.harmonic_mean_auc:.3f}"
+        lines.append(f"{'harmonic mean AUC':<22} {'':>7} {'':>7} {hm:>7}")
+        return "\n".join(lines)
+
+
+def metrics_for(data: Dataset, scores: np.ndarray, reasons: list[str | None], n_boot: int, seed: int) -> DatasetMetrics:
+    """A dataset's metrics from its clips' scores (``reasons[i]`` not None: clip ``i`` failed)."""
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    failed = [(c.itemid, str(c.path), r) for c, r in zip(data.clips, reasons) if r is not None]
+    auc = ci = None
+    positives = None
+    if data.has_labels:
+        y = data.labels[ok]
+        positives = int(y.sum())
+        if y.size and 0 < positives < y.size:
+            auc = roc_auc(y, scores[ok])
+            ci = bootstrap_auc_ci(y, scores[ok], n_boot=n_boot, seed=seed) if n_boot > 0 else None
+    return DatasetMetrics(data.name, len(data.clips), int(ok.sum()), positives, auc, ci, failed)
+
+
+def harmonic_mean_auc(results: Sequence[DatasetResult]) -> float | None:
+    """Harmonic mean of the datasets' AUCs (those that have one); None when none has."""
+    aucs = [r.metrics.auc for r in results if r.metrics.auc is not None and not math.isnan(r.metrics.auc)]
+    return harmonic_mean(aucs) if aucs else None
+
+
+def worst_clips(result: DatasetResult, n: int) -> tuple[list[int], list[int]]:
+    """The ranking mistakes that cost the most AUC.
+
+    Worst false positives: the ``n`` highest-scored clips without birds among those that outrank some
+    clip with birds; worst false negatives: the ``n`` lowest-scored clips with birds among those that some
+    clip without birds outranks. A clip ranked correctly against every clip of the other class is no
+    mistake, and is never shown, however few mistakes there are.
+
+    Returns
+    -------
+    (fp, fn) : two lists of indices into ``result.dataset.clips``
+    """
+    if not result.dataset.has_labels or n <= 0:
+        return [], []
+    y = result.dataset.labels
+    ok = result.ok
+    neg = np.flatnonzero(ok & (y == 0))
+    pos = np.flatnonzero(ok & (y == 1))
+    if neg.size == 0 or pos.size == 0:
+        return [], []
+    s = result.scores
+    neg = neg[s[neg] >= s[pos].min()]
+    pos = pos[s[pos] <= s[neg].max()] if neg.size else pos[:0]
+    fp = neg[np.argsort(-s[neg], kind="mergesort")][:n]
+    fn = pos[np.argsort(s[pos], kind="mergesort")][:n]
+    return fp.tolist(), fn.tolist()
