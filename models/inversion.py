@@ -1,25 +1,18 @@
 """Semi-supervised bird detector trained by multiscale network inversion (Balestriero, Glotin & Baraniuk 2018).
 
-The network is built only from piecewise-affine parts (1-D convolutions over time with the scattering
-channels as input features, leaky ReLUs, a masked mean-and-max pooling over time, a linear read-out), so
-for every input it *is* an affine map, ``z^(L)(x) = A[x] x + B[x]``. Its inversion needs no decoder:
-
-    x^ = A[x]^T z^(L)(x) = grad_x 1/2 ||z^(L)(x)||^2,
-    R^(l)(x) = grad_{z^(l)} 1/2 ||z^(L)(x)||^2       (reconstruction of layer l's representation z^(l)),
-
-and the training loss (see docs in ``/work/shared/papers/audio-methods.md``, Paper 2) is
-
-    L = b_CE  * mean_labelled   CE(y, softmax z^(L))
-      + b_E   * mean_unlabelled H(softmax z^(L))
-      + sum_{l=0}^{L-1} b_R^(l) * mean_all ||R^(l)(x) - z^(l)(x)||^2
-
-with the spec's data-free weights ``b_CE = b_E = 1 / log C`` and ``b_R^(l) = 1 / (L * D^(l))``, ``D^(l)`` the
-dimension of ``z^(l)`` for one input. The reconstruction depends on Jacobians, so its gradient needs double
-back-propagation (``create_graph=True``).
+:class:`InversionNet` is built only from piecewise-affine parts (1-D convolutions over time, leaky ReLUs, a
+masked mean-and-max pooling over time, a linear read-out), so for every input it is an affine map and its
+inversion needs no decoder: :func:`layer_reconstructions` gives every layer's reconstruction
+``R^(l) = grad_{z^(l)} 1/2 ||z^(L)||^2``. :func:`inversion_loss` combines cross-entropy on labelled clips,
+prediction entropy on unlabelled ones and the reconstruction error of every layer, with the paper's
+data-free weights (:func:`spec_loss_weights`); its gradient needs double back-propagation.
+:class:`InversionDetector` is the Detector that trains it.
 
 Layout for analyses (spline templates, partitions): :class:`InversionNet` keeps its parts in a flat
 ``layers`` list; ``block_ends`` says after which parts a representation ``z^(l)`` is taken, and
 :meth:`InversionNet.representations` returns all of them, ``[z^(0) = x, z^(1), ..., z^(L) = logits]``.
+
+Derivation (the affine form, the inversion, the loss and its weights): docs/inversion-loss.md.
 """
 
 from __future__ import annotations
@@ -265,7 +258,7 @@ class LossWeights:
     recon : tuple of float
         One weight per reconstructed layer l = 0..L-1.
     recon_per_dim : bool
-        True: each layer's squared error is first divided by that item's dimension D^(l) (the spec's
+        True: each layer's squared error is first divided by that item's dimension D^(l) (the paper's
         ``1 / (L * D^(l))`` is then ``recon = (1/L, ..., 1/L)``). False: the weights multiply the raw
         squared error.
     """
@@ -277,7 +270,10 @@ class LossWeights:
 
 
 def spec_loss_weights(n_layers: int, n_classes: int = 2) -> LossWeights:
-    """The spec's data-free weights: 1 / log C for CE and entropy; 1 / (L * D^(l)) per layer."""
+    """The paper's data-free weights: 1 / log C for CE and entropy; 1 / (L * D^(l)) per layer.
+
+    See docs/inversion-loss.md (the weights are the least certain part of the paper's method).
+    """
     b = 1.0 / math.log(n_classes)
     return LossWeights(ce=b, entropy=b, recon=(1.0 / n_layers,) * n_layers, recon_per_dim=True)
 
@@ -304,7 +300,7 @@ def inversion_loss(
     entropy_ramp : float
         Factor in [0, 1] on the entropy weight (the warm-up).
     detach_target : bool
-        Stop the gradient through the targets z^(l) of the reconstruction (the spec leaves it open).
+        Stop the gradient through the targets z^(l) of the reconstruction (the paper's choice is unknown).
 
     Returns
     -------
@@ -373,17 +369,17 @@ class InversionDetector(Detector):
     ----------
     widths, kernel_size, negative_slope, centre
         The network (see :class:`InversionNet`). ``centre`` removes each clip's per-band mean over time
-        first: on synthetic data with background levels spread over 20 dB it lifts the AUC with 10-30 labels
-        from chance to 0.7-0.9.
+        first, so that the network sees what changes within a clip (calls) rather than its background
+        level, which varies widely between recordings.
     ce_weight, entropy_weight : float, optional
-        Weights of the cross-entropy and entropy terms; None takes the spec's ``1 / log C``; 0 switches the
+        Weights of the cross-entropy and entropy terms; None takes the paper's ``1 / log C``; 0 switches the
         term off.
     recon_scale : float
-        Multiplies the spec's per-layer reconstruction weights ``1 / (L * D^(l))``; 0 switches the
+        Multiplies the paper's per-layer reconstruction weights ``1 / (L * D^(l))``; 0 switches the
         reconstruction (and its double back-propagation) off.
     recon_weights : list of float, optional
         Explicit per-layer weights on the raw squared errors ``||R^(l) - z^(l)||^2`` (l = 0..L-1), replacing
-        the spec's; overrides ``recon_scale``.
+        the paper's; overrides ``recon_scale``.
     detach_target : bool
         Stop the gradient through the reconstruction targets z^(l).
     lr, weight_decay : float
@@ -493,7 +489,7 @@ class InversionDetector(Detector):
         )
 
     def loss_weights(self, n_layers: int | None = None, n_classes: int = 2) -> LossWeights:
-        """The weights this detector trains with (the spec's unless overridden)."""
+        """The weights this detector trains with (the paper's unless overridden)."""
         if n_layers is None:
             n_layers = len(self.widths) + 2  # conv blocks, time pooling, read-out
         spec = spec_loss_weights(n_layers, n_classes)

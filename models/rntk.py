@@ -1,53 +1,14 @@
 """The Recurrent Neural Tangent Kernel (Alemohammad et al., ICLR 2021) over scattering sequences, and a
 Detector on it.
 
-The kernel
-----------
-For a weight-tied RNN of ``L`` layers in the NTK parameterisation (spec: ``/work/shared/papers/
-audio-methods.md``, paper 3),
+:class:`RNTK` computes the exact infinite-width NNGP kernel and RNTK of a weight-tied RNN (ReLU or erf, any
+depth) between sequences of any lengths, aligned at their last step (never zero-padded), with the "last"
+or "avg" readout; vectorised over the pairs of a tile, streamed over time, tiled within
+``memory_budget_mb``. :class:`RNTKClassifier` is the Detector on it: standardisation, the kernel setting
+and regularisation chosen by cross-validation, an SVM or kernel ridge regression on the precomputed Gram
+(Nystroem features for large training sets), calibrated probabilities.
 
-    g(l,t) = sigma_w/sqrt(n) W_l h(l,t-1) + sigma_u/sqrt(m_l) U_l h(l-1,t) + sigma_b b_l,   h = phi(g),
-    h(0,t) = x_t,  h(l,0) ~ N(0, sigma_h^2 I) per input,  f = sigma_v/sqrt(n) V h(L,T),
-
-the infinite-width kernels of every pair of sequences follow a recursion over time carrying, per layer,
-the GP covariance ``Sigma(l,t)`` and the tangent kernel ``Theta(l,t)``:
-
-    Sigma(l,t) = sigma_w^2 V_phi(Lambda(l,t-1)) + sigma_b^2
-                 + [l = 1: sigma_u^2/m <x_t, x'_t>;  l > 1: sigma_u^2 V_phi(Lambda(l-1,t))]
-    Theta(l,t) = Sigma(l,t) + sigma_w^2 V_phi'(Lambda(l,t-1)) Theta(l,t-1)
-                            + sigma_u^2 V_phi'(Lambda(l-1,t)) Theta(l-1,t)
-    GP (NNGP) kernel   K     = sigma_v^2 V_phi(Lambda(L,T))
-    RNTK               Theta = K + sigma_v^2 V_phi'(Lambda(L,T)) Theta(L,T)
-
-where ``Lambda(l,t)`` is the 2x2 covariance of the pair (each sequence's own variance at its own time on
-the diagonal) and ``V_phi``, ``V_phi'`` are the dual activations (:func:`relu_dual`, :func:`erf_dual`).
-
-Sequences of different lengths are aligned at their *last* step (never zero-padded: a padded step would
-still inject ``sigma_b^2`` and move the hidden state). At the first aligned step of a pair the W-terms
-vanish (the shorter sequence's initial state is independent of the other's hidden state), except for a
-sample with itself, which shares its initial state: ``+ sigma_w^2 sigma_h^2`` there. That sample-identity
-term is applied on the diagonal of a Gram of one set with itself (``gram(X)``), never between two sets.
-
-Readouts: ``"last"`` is the kernel above. ``"avg"`` is the follow-up work's (arXiv:2012.04859) "average
-pooling" kernel: the per-step output kernels summed over the aligned steps, divided by ``sqrt(T T')``
-(``1/T`` for equal lengths, as in that code). It is the exact kernel of a network with an *independent*
-readout per step counted from the end, scaled by ``1/sqrt(T)``; it is **not** the kernel of one readout of
-the mean-pooled hidden state (that would have cross-time terms and a ``1/T^2`` factor).
-
-Computation
------------
-Vectorised over all pairs of a tile and streamed over time: a tile of N x M pairs carries two N x M arrays
-per layer, so memory is O(N M L) plus the tile's data, and a Gram of any size is computed tile by tile
-within ``memory_budget_mb`` (the output array itself excluded: pass ``out=`` a memory map for a Gram that
-does not fit in memory). Sequences are sorted by length so that tiles hold similar lengths, and a tile
-starts at its pairs' first common step. float64 by default.
-
-The detector
-------------
-:class:`RNTKClassifier` standardises sequences, picks the kernel setting and the regularisation by
-cross-validation, fits an SVM (or kernel ridge regression) on the precomputed Gram, or on Nystroem
-features for large training sets, and calibrates its decision values. :meth:`RNTKClassifier.from_options`
-builds one from command-line style options (``scatterbird train --model rntk``).
+Derivation (dual activations, the recursions, end alignment, readouts, tiling): docs/rntk.md.
 """
 
 from __future__ import annotations
@@ -173,7 +134,7 @@ class RNTK:
         Recurrent, input, bias, initial-state and readout scales. ``sigma_w = sqrt(2)`` with ReLU is the
         edge of stability: no forgetting, and kernels grow with the length (use ``normalize``).
     readout : {"last", "avg"}
-        Default readout; see the module docstring: "avg" is the follow-up work's per-step-readout kernel.
+        Default readout; "avg" is the follow-up work's per-step-readout kernel (docs/rntk.md).
     normalize : bool
         Return the cosine-normalised kernel ``k(x,y) / sqrt(k(x,x) k(y,y))``.
     memory_budget_mb : float
@@ -557,9 +518,8 @@ class RNTKClassifier(Detector):
     """Bird / no-bird classifier: the RNTK (or NNGP kernel) of scattering sequences and a kernel machine.
 
     ``fit`` optionally centres each sequence and standardises each channel with training statistics, then
-    for every kernel setting of the grid (centring included) computes the training Gram once (about 25 ns
-    per pair and step on one core, the four kernel/readout variants together) and scores every
-    regularisation value by stratified k-fold
+    for every kernel setting of the grid (centring included) computes the training Gram once (the four
+    kernel/readout variants together) and scores every regularisation value by stratified k-fold
     cross-validated ROC AUC; the best pair is refitted on the whole set, and out-of-fold decision values
     of that pair calibrate the probabilities (Platt's sigmoid or isotonic regression). Training sets larger
     than ``max_exact`` use a Nystroem approximation with ``n_landmarks`` landmark sequences instead of the
@@ -576,7 +536,7 @@ class RNTKClassifier(Detector):
         cancels) may be overridden by ``param_grid``.
     readout : {"avg", "last"}
         "avg" by default: a call anywhere in the clip counts, where "last" weights the steps by their
-        position (test AUC 0.99+ against 0.92 on the conformance set's easy sequences).
+        position.
     kernel : {"ntk", "gp"}
         RNTK (all weights trained) or NNGP kernel (readout only).
     normalize : bool

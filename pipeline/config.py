@@ -2,6 +2,8 @@
 
 Every output (feature files, trained models, result stores) carries the configuration that made it, so
 features of one shape or scale can never be fed by mistake to a model trained on another.
+
+Hash and schema history: docs/feature-config.md.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from scatterbird.errors import ConfigError
 
-#: Bumped when the meaning of a field changes, so that old hashes never match new features.
-#: 2: ``threshold="risk"`` decides on time windows of its filter (pipeline/thresholding.py, RULE_INDEPENDENT),
-#: and is the default.
+#: Bumped when the meaning of a field changes, so that old hashes never match new features (history:
+#: docs/feature-config.md).
 CONFIG_SCHEMA = 2
 
 THRESHOLD_MODES = ("none", "universal-hard", "universal-soft", "risk")

@@ -1,4 +1,4 @@
-"""Spline-theory analyses of trained piecewise-affine detectors (``/work/shared/papers/spline-analysis.md``).
+"""Spline-theory analyses of trained piecewise-affine detectors (derivations: docs/spline-analyses.md).
 
 Every stage works on any network made of affine parts and max-affine nonlinearities (see
 :mod:`models.spline.network`), viewed through :class:`SplineNet`:
@@ -19,7 +19,8 @@ module                 stage
 =====================  ==========================================================================
 
 The stage runner behind ``scatterbird analyze`` and its report writer read and write files, so they live
-in ``pipeline/analysis.py`` and ``pipeline/analysis_report.py`` (``models/`` only takes and returns arrays).
+in ``pipeline/analysis/run.py`` and ``pipeline/analysis/report.py`` (``models/`` only takes and returns
+arrays).
 """
 
 from .affine import AffineForm, affine_form, explicit_affine, jacobian, template_stats

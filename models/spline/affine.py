@@ -1,4 +1,4 @@
-"""Stage 1: the per-input affine form ``f(x) = A[x] x + B[x]`` and the class templates (spec §2).
+"""Stage 1: the per-input affine form ``f(x) = A[x] x + B[x]`` and the class templates.
 
 Row ``c`` of ``A[x]`` is the template of class ``c``, the input gradient of logit ``c``; ``B[x]`` is what the
 template's inner product with the input leaves unexplained (the accumulated biases of the region).
@@ -8,9 +8,11 @@ Two constructions are offered:
 * :func:`affine_form` by automatic differentiation (one backward pass per logit), the fast one used by the
   analysis stage;
 * :func:`explicit_affine` by composing the layers' own affine maps, ``A = W^L D^{L-1} W^{L-1} ... D^1 W^1``
-  (spec §2(a)3), each read off by applying the layer, with its codes frozen, to the basis vectors. It uses
-  no autograd at all, so the two agreeing is a real check of the spline view. It costs one forward pass per
+  (§2(a)3), each read off by applying the layer, with its codes frozen, to the basis vectors. It uses no
+  autograd at all, so the two agreeing is a real check of the spline view. It costs one forward pass per
   input dimension: small inputs only.
+
+Derivation: docs/spline-analyses.md §2.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def explicit_affine(view: SplineNet, x: torch.Tensor, *, upto_layer: int | None 
 
 @dataclass
 class TemplateStats:
-    """Per-input template diagnostics (spec §2(b)2).
+    """Per-input template diagnostics (docs/spline-analyses.md §2(b)2).
 
     Attributes
     ----------

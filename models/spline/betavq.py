@@ -1,19 +1,14 @@
-"""Stage 4: beta-VQ nonlinearities and the post-hoc beta sweep (spec §3, "From Hard to Soft").
+"""Stage 4: beta-VQ nonlinearities and the post-hoc beta sweep ("From Hard to Soft", Balestriero & Baraniuk).
 
-A max-affine unit with pieces ``a_r`` infers its piece with the hybrid beta-VQ (spec §3(a)3)::
-
-    t^beta = argmax_{t in simplex} beta <t, a> + (1 - beta) H(t)  =  softmax(eta a),   eta = beta / (1 - beta)
-    y      = sum_r t^beta_r a_r
-
-* ``beta = 1``: hard VQ, the original op (ReLU, leaky ReLU, abs, max-pool) exactly;
-* ``beta = 1/2`` (eta = 1): soft VQ; for ReLU ``y = sigmoid(h) h`` (SiLU), in general swish
-  ``sigmoid(eta h) h``; abs gives ``tanh(eta h) h``; leaky ReLU
-  ``h (alpha e^{alpha eta h} + e^{eta h}) / (e^{alpha eta h} + e^{eta h})``;
-* ``beta -> 0``: uniform ``t``, ``y`` is the mean of the pieces, a linear map (ReLU -> h/2, max-pool ->
-  average pool).
+A max-affine unit with pieces ``a_r`` infers its piece softly: ``y = sum_r softmax(eta a)_r a_r`` with
+``eta = beta / (1 - beta)``. ``beta = 1`` is the original hard op (ReLU, leaky ReLU, abs, max-pool) exactly;
+``beta = 1/2`` is soft VQ (swish-type: ``sigmoid(h) h`` for ReLU); ``beta -> 0`` tends to the mean of the
+pieces, a linear map.
 
 :class:`BetaVQ` wraps any hard piecewise part known to the spline view, so a network can be softened without
 touching its code (:func:`soften`), and :func:`beta_sweep` measures accuracy and calibration as beta moves.
+
+Derivation: docs/spline-analyses.md §3.
 """
 
 from __future__ import annotations
@@ -214,7 +209,7 @@ def beta_sweep(
     proba: Callable[[torch.Tensor], torch.Tensor] | None = None,
     target: str = "all",
 ) -> list[dict[str, float]]:
-    """Swap every nonlinearity for its beta-VQ version and score the predictions at each beta (spec §3(b)2).
+    """Swap every nonlinearity for its beta-VQ version and score the predictions at each beta.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Stage 2: VQ partition codes per layer, their statistics, and the Hamming VQ distance (spec §2(a)6, §4(b)A).
+"""Stage 2: VQ partition codes per layer, their statistics, and the Hamming VQ distance.
 
 The code of an input at layer ``l`` is the index of the active piece of every unit (ReLU: ``1[h > 0]``;
 max-pool: the argmax within the window). The *region* of the input after layer ``l`` is the tuple of codes of
@@ -6,6 +6,8 @@ layers ``1..l``. Codes are kept as small-integer numpy arrays, one ``(n_inputs, 
 
 The VQ distance between two inputs at one layer is the normalised Hamming distance, the fraction of units
 whose active piece differs (for max-pool layers: of windows whose argmax differs), as in the authors' code.
+
+Derivation: docs/spline-analyses.md §2(a)6 and §4(b)A.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def _pair_rate(ids: np.ndarray, mask: np.ndarray) -> float:
 def code_statistics(
     codes: Sequence[np.ndarray], labels: np.ndarray | None = None, n_pieces: Sequence[int] | None = None
 ) -> list[dict]:
-    """Per-layer code statistics (spec §4(b)A, §2(b)5).
+    """Per-layer code statistics (docs/spline-analyses.md §4(b)A, §2(b)5).
 
     Parameters
     ----------

@@ -1,5 +1,5 @@
 """Audio-meaningful directions in the detector's input space (log-scattering frames, standardised per
-channel), for the rugosity and region-count stages (spec §5(b)1).
+channel), for the rugosity and region-count stages (docs/spline-analyses.md §5(b)1).
 
 An input is ``x`` of shape (channels, frames) in the *network's* space ``x = (log(S + eps) - mean) / std``;
 :class:`FeatureSpace` converts to and from the scattering modulus ``S`` so that gain and noise act where they

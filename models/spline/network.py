@@ -8,19 +8,21 @@ below, whatever class holds them (``nn.Sequential``, the inversion detector's ``
 * affine parts: ``Linear``, ``Conv1d/2d``, ``BatchNorm1d/2d`` (eval mode), ``AvgPool1d/2d``,
   ``AdaptiveAvgPool1d/2d``, ``Flatten``, ``Identity``, ``Dropout`` (eval mode), the inversion network's
   ``TimeCentre``, and any type given to :func:`register_affine` (or with ``spline_affine = True``);
-* piecewise parts (a "max-affine spline operator", spec §2(a)1): ``ReLU`` (pieces ``0, h``), ``LeakyReLU``
+* piecewise parts (a "max-affine spline operator"): ``ReLU`` (pieces ``0, h``), ``LeakyReLU``
   (``alpha h, h``), :class:`Abs` (``-h, h``), ``MaxPool1d/2d`` (the window's values), the inversion
   network's ``TimePool`` (the max over time; its mean half is affine), and :class:`~models.spline.betavq.BetaVQ`
   (the pieces of the op it softens).
 
 A piecewise part is described by a :class:`PieceHandler`: ``pieces(module, x)`` returns the values of every
 unit's affine pieces, shape ``(batch, units, R)``, and the hard output is their max, put back in the module's
-output layout by ``assemble``. The *VQ code* of a unit is the argmax over its pieces (spec §1). New part types
+output layout by ``assemble``. The *VQ code* of a unit is the argmax over its pieces. New part types
 plug in with :func:`register_pieces`, or by giving the module ``spline_pieces(x)`` and ``spline_assemble(x,
 units)`` methods.
 
 Layers: layer ``l`` (1..L) ends at the ``l``-th piecewise part and its output is the representation
 ``z^l``; affine parts after the last piecewise part form the read-out, whose output is the logits.
+
+Derivation (max-affine spline operators, VQ codes): docs/spline-analyses.md §1 and §2(a)1.
 """
 
 from __future__ import annotations

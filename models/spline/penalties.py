@@ -1,4 +1,4 @@
-"""Template-orthogonality penalties (spec §2(a)5), as plain differentiable functions to add to a loss.
+"""Template-orthogonality penalties, as plain differentiable functions to add to a loss.
 
 Two variants, as in the authors' two code bases:
 
@@ -12,6 +12,8 @@ Two variants, as in the authors' two code bases:
 
 :func:`template_overlap` and :func:`weight_overlap` measure what the penalties aim at (mean off-diagonal
 |cosine|), for reporting.
+
+Derivation: docs/spline-analyses.md §2(a)5.
 """
 
 from __future__ import annotations

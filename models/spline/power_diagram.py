@@ -1,19 +1,14 @@
-"""Stage 3: the partition as a power diagram, regions along paths, local complexity, 2-D slices (spec §4).
+"""Stage 3: the partition as a power diagram, regions along paths, local complexity, 2-D slices.
 
-* Per-input centroid and radius of layer ``l`` (spec §4(a)4)::
+* :func:`centroid_radius`: each layer's per-input centroid ``mu^l(x) = J_l(x)^T 1`` and radius;
+* :func:`layer_piece_maps`, :func:`enumerate_power_diagram`, :func:`power_assign`: a layer's power diagram
+  within the region of the layers below, whose argmin over codes is the layer's code;
+* :func:`regions_on_segment`: the exact number of regions crossed along a segment, found layer by layer
+  (:func:`regions_on_segment_dense` is the sampled check);
+* :func:`local_complexity` and :func:`slice_regions`: units cut around an input, and a 2-D slice of the
+  partition through three inputs (grid form).
 
-      mu^l(x)  = J_l(x)^T 1,                       J_l = d z^l / d x
-      rad^l(x) = ||mu^l(x)||^2 + 2 * 1^T (z^l(x) - J_l(x) x)
-
-* The layer's power diagram within the region ``omega`` of the layers below (spec §4(a)2-3): with the affine
-  maps of every unit's pieces as functions of the input, ``a_{k,r}(x) = <A_{k,r}, x> + B_{k,r}``, the cell
-  of code ``t`` has centroid ``mu_t = sum_k A_{k,t_k}`` and radius ``rad_t = ||mu_t||^2 + 2 sum_k B_{k,t_k}``,
-  and ``argmin_t ||x - mu_t||^2 - rad_t`` is the layer's code of ``x``.
-* The exact number of regions crossed along a segment (spec §4(b)B), found layer by layer: along the
-  segment every pre-activation is affine in the segment parameter between consecutive breakpoints of the
-  layers below, so each layer's new breakpoints are the crossings of its units' pieces inside those
-  intervals (zero crossings for two-piece units, an upper-envelope walk for max-pool units).
-* Local complexity (spec §4(b)D) and a 2-D slice of the partition through three inputs (§4(b)C, grid form).
+Derivation: docs/spline-analyses.md §4.
 """
 
 from __future__ import annotations
@@ -65,7 +60,7 @@ def centroid_radius(view: SplineNet, x: torch.Tensor) -> CentroidRadius:
 @torch.no_grad()
 def layer_piece_maps(view: SplineNet, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine maps of the pieces of layer ``layer``'s units, as functions of the network input, valid in the
-    region of ``x`` of the layers below (the pulled-back layer, spec §4(a)3).
+    region of ``x`` of the layers below (the pulled-back layer, docs/spline-analyses.md §4(a)3).
 
     Parameters
     ----------
@@ -295,7 +290,7 @@ def regions_on_segment(
     max_breakpoints: int = 500_000,
     merge_tol: float = 1e-10,
 ) -> SegmentRegions:
-    """Exact region changes along the segment from ``a`` to ``b`` (spec §4(b)B).
+    """Exact region changes along the segment from ``a`` to ``b`` (docs/spline-analyses.md §4(b)B).
 
     Layer by layer and depth first: on each interval where the codes of the layers below are constant, the
     input of layer ``l``'s piecewise part is affine in u, known from its value at the interval's midpoint and
@@ -409,7 +404,7 @@ def regions_on_segment_dense(view: SplineNet, a: torch.Tensor, b: torch.Tensor, 
 def local_complexity(
     view: SplineNet, x: torch.Tensor, radius: float, *, n_vertices: int = 40, seed: int = 0
 ) -> list[dict]:
-    """Units whose code is not constant over a cross-polytope around ``x`` (spec §4(b)D).
+    """Units whose code is not constant over a cross-polytope around ``x`` (docs/spline-analyses.md §4(b)D).
 
     Parameters
     ----------
@@ -476,7 +471,7 @@ def slice_regions(
     batch: int = 128,
 ) -> Slice2D:
     """Region labels and outputs on an ``n x n`` grid of the plane through three inputs (grid form of
-    spec §4(b)C; regions smaller than a grid cell are missed, so the count is a lower bound).
+    docs/spline-analyses.md §4(b)C; regions smaller than a grid cell are missed, so the count is a lower bound).
 
     Parameters
     ----------

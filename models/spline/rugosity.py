@@ -1,15 +1,12 @@
-"""Stage 5: Hessian complexity (rugosity) by finite differences of templates (spec §5).
+"""Stage 5: Hessian complexity (rugosity) by finite differences of templates.
 
-For a direction ``v`` (unit norm) and a step ``eps``::
+For a unit direction ``v`` and a step ``eps``, ``R(x; v, eps) = ||J(x + eps v) - J(x)||_F / eps`` (or the
+central difference), ``J`` the Jacobian of all logits. For a smooth network it tends to ``||H v||_F``; for a
+piecewise-affine one it is zero unless the step crosses region boundaries, where it sums the template
+jumps. With ``eps v = aug(x) - x`` it measures how rough the detector is along an audio nuisance, against an
+isotropic direction of the same size.
 
-    R(x; v, eps) = || J(x + eps v) - J(x) ||_F / eps                       (forward difference)
-    R(x; v, eps) = || J(x + eps v) - J(x - eps v) ||_F / (2 eps)           (central difference)
-
-with ``J`` the Jacobian of all outputs (logits). For a smooth network both tend to ``||H v||_F`` (the stacked
-Hessian-vector products of all outputs) as ``eps -> 0``; for a piecewise-affine network ``J`` is constant in
-each region, so ``R`` is zero unless the step crosses region boundaries, and then it sums the template jumps
-there. With ``eps v = aug(x) - x`` (an audio augmentation), ``R`` measures how rough the detector is along that
-nuisance; an isotropic direction with the same ``eps`` is the control (spec §5(b)).
+Derivation: docs/spline-analyses.md §5.
 """
 
 from __future__ import annotations
@@ -89,6 +86,6 @@ def hessian_direction_norm(f: Net, x: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 
 def jacobian_norm(f: Net, x: torch.Tensor) -> torch.Tensor:
-    """``||J(x)||_F`` per input (the first-order baseline E4 of spec §5(a)4)."""
+    """``||J(x)||_F`` per input (the first-order baseline E4 of docs/spline-analyses.md §5(a)4)."""
     _, J = jacobian(f, x)
     return J.flatten(1).norm(dim=1)

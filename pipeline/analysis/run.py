@@ -1,7 +1,7 @@
 """The stage runner behind ``scatterbird analyze``: every spline analysis of a trained detector over a set of
 clips, as one JSON-able summary plus the arrays the figures need.
 
-The stages (see ``/work/shared/papers/spline-analysis.md`` §8 for why these):
+The stages (see docs/spline-analyses.md §8 for why these):
 
 1. ``templates``: affine form, class templates, bias share, template overlap, template-input cosine;
 2. ``codes``: per-layer VQ codes, code statistics, Hamming distances, nearest-neighbour retrieval;

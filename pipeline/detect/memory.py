@@ -1,10 +1,10 @@
 """Hand the allocator's free memory back to the operating system during long runs.
 
 glibc's malloc keeps freed memory in its heaps for reuse. The front end frees ~1.3 GB of temporaries per
-2**19-sample buffer, in many sizes, and over hours of audio the free holes it keeps grow the process: `detect`
-on a 10 h file peaked ~30 MiB above the same command on a 10 min file. ``malloc_trim`` returns the free
-pages (it costs ~0.1-0.3 s, so it is called every few minutes of audio, not per buffer). Elsewhere than glibc
-this is a no-op.
+2**19-sample buffer, in many sizes, and over hours of audio the free holes it keeps grow the process.
+``malloc_trim`` returns the free pages; it walks the heaps, so it is called every few minutes of audio, not
+per buffer. Elsewhere than glibc this is a no-op. (Memory against file length: the README's performance
+section, from ``benchmarks/bench_detect.py``.)
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Band-limited Fourier products: ``fold(Y * h, 2**d)`` computed from the few bins where ``h`` lives.
 
-The scattering front end filters in Fourier and subsamples by periodising the spectrum (kymatio's
-``subsample_fourier``): ``out[j] = 2**-d * sum_a Y[j + a T] h[j + a T]`` with ``T = m / 2**d``. A Morlet or
-Gaussian filter is negligible on most of the ``m`` bins, so the full-length product and the ``2**d``-fold
-sum mostly add zeros. A :class:`Band` keeps only the circular run of bins where ``|h| > rel * max|h|``
-(``rel = 1e-8``: the dropped part holds < 1e-12 of a filter's energy in practice), laid out as ``r`` rows of
-``T`` bins so that row ``a``, column ``j`` is a bin congruent to ``j`` mod ``T``; the product is then one
-gather, one multiply and (where ``r > 1``, a filter wider than the output band) a sum over the rows.
+Filtering in Fourier and subsampling by ``2**d`` folds the product to ``T = m / 2**d`` bins (kymatio's
+``subsample_fourier``): ``out[j] = 2**-d * sum_a Y[j + a T] h[j + a T]``. A :class:`Band` keeps only the
+circular run of bins where ``|h| > BAND_REL * max|h|`` and computes the folded product as one gather, one
+multiply and, for a filter wider than the output band, a sum over rows; :func:`band` builds it for a full
+(``fft``) or a half (``rfft``) spectrum.
 
-It can read a full spectrum (``torch.fft.fft``) or the half spectrum of a real signal (``torch.fft.rfft``):
-bins above ``m / 2`` are then read as the conjugates of their mirror bins.
+Derivation: docs/scattering-grid.md ("Band-limited Fourier products").
 """
 
 from __future__ import annotations
@@ -95,8 +92,8 @@ class FilterStack(abc.Sequence):
     """A bank of ``count`` real Fourier filters of length ``n``, each built when it is read.
 
     Stands where a ``(count, n)`` float64 array would (``len``, indexing, iteration, ``shape``) without
-    holding it: the first-order bank at a 2**17 reference length is ~84 MB, and rebuilding a filter costs
-    ~5 ms.
+    holding it: the first-order bank at a 2**17 reference length is ~84 MB, and a filter is cheap to
+    rebuild.
     """
 
     def __init__(self, n: int, count: int, build: Callable[[int], np.ndarray]) -> None:

@@ -1,18 +1,15 @@
-"""Continuous-wavelet scattering (Morlet filter banks from kymatio), streamed chunk by chunk.
+"""Continuous-wavelet scattering (kymatio's Morlet filter banks and algorithm), streamed chunk by chunk.
 
-The algorithm is kymatio's ``scattering1d`` (same filters, same subsampling, same channel order), rewritten
-so that the filters of one subsampling level are applied in one batched call whose Fourier products touch
-only the bins where each filter lives (``pipeline/bands.py``), the real moduli going through ``rfft``, and
-so that the complex first-order wavelet coefficients exist as a tensor a hook can edit (the thresholding
-stage) before the modulus. Each subsampling group is carried from its first-order coefficients to its
-second-order output before the next starts, which bounds a buffer's transient memory.
+:class:`Scattering` computes kymatio's ``scattering1d`` (same filters, same subsampling grid, same channel
+order; order 0 averages ``|x|``), with the filters of one subsampling level applied in one batched,
+band-limited Fourier product (:mod:`scatterbird.pipeline.frontend.bands`) and the complex first-order
+coefficients exposed to the thresholding stage before their modulus.
 
-Streaming: a recording of ``n`` samples gives ``ceil(n / 2**J)`` frames; frame ``i`` is centred on sample
-``i * 2**J``. The signal is reflect-padded by a margin ``M`` at both ends; each chunk is an FFT buffer of
-``fft_size`` samples whose first and last ``M`` samples are context shared with its neighbours. ``M`` is
-chosen from the filters themselves (the time support holding all but 1e-7 of the first-order wavelet's,
-second-order wavelet's and low-pass filter's L1 mass, summed), so a chunk's frames equal the whole-signal
-frames to float32 rounding.
+Contract: a recording of ``n`` samples gives ``ceil(n / 2**J)`` frames, frame ``i`` centred on sample
+``i * 2**J``; :meth:`Scattering.stream` gives the frames :meth:`Scattering.whole` gives, to float32
+rounding, with memory bounded by the FFT buffer whatever the stream's length.
+
+Derivation (the filters, kymatio's grid, band-limited products, streaming margins): docs/scattering-grid.md.
 """
 
 from __future__ import annotations
@@ -45,9 +42,8 @@ _ALPHA = 5.0
 
 #: First-order coefficients transformed together (filters x samples, one batched FFT call): groups of
 #: filters sharing a subsampling are split to stay under it. Larger batches save little time, and their
-#: coefficients, thresholding statistics and second-order products set the peak memory: `detect` on a
-#: 10 min file peaked at 366-381 MiB with 2**19 against 420-426 MiB with 2**20, in the same wall time
-#: within this machine's noise (3 alternating runs each); 2**18 was ~20 % slower.
+#: coefficients, thresholding statistics and second-order products set the peak memory; smaller ones pay
+#: per-call overhead.
 _GROUP_SAMPLES = 2**19
 
 #: Tail mass left out of the streaming margin (relative L1 mass of each filter).
@@ -120,7 +116,7 @@ class _Plan2:
 
 @dataclass
 class _Bank:
-    """Filters for one FFT length, ready to apply (see ``pipeline/bands.py``)."""
+    """Filters for one FFT length, ready to apply (see ``pipeline/frontend/bands.py``)."""
 
     n: int
     phi0: Band  # order 0: the low-pass of |x|, down to the frame rate
@@ -141,8 +137,7 @@ def morlet_fourier(n: int, xi: float | None, sigma: float) -> np.ndarray:
     (the mean of the ``2P - 1`` periods); all but a few thousand of those samples underflow to exactly 0.0.
     Only the others are evaluated here, with the same expressions, and added period by period in the order
     of numpy's reduction (adding an exact 0.0 changes nothing), so the result is identical without the
-    ``(2P - 1) n`` grid (~110 MB of temporaries at ``n = 2**19``; kymatio's start-up cost was ~80 % of a
-    front end's construction).
+    ``(2P - 1) n`` grid (~110 MB of temporaries at ``n = 2**19``). See docs/scattering-grid.md.
     """
     P = min(adaptive_choice_P(sigma), 5)
     if P == 1:  # kymatio's other frequency grid; never reached for its banks (P >= 2 for any sigma > 0)
@@ -185,10 +180,9 @@ def morlet_fourier(n: int, xi: float | None, sigma: float) -> np.ndarray:
 def modulus(z: torch.Tensor) -> torch.Tensor:
     """``|z|`` of a complex tensor as ``sqrt(re**2 + im**2)``, in three vectorised passes.
 
-    ``torch.abs`` of a complex tensor goes through ``hypot`` element by element, ~4x slower here (2 x 2**19
-    complex64: 9.3 ms against 2.5 ms), and was ~10 % of a buffer's time. The squares cannot overflow or
-    lose anything that matters at audio magnitudes: a coefficient under ~1e-19 squares to 0, far below the
-    log offset.
+    ``torch.abs`` of a complex tensor goes through ``hypot`` element by element, which is slower. The
+    squares cannot overflow or lose anything that matters at audio magnitudes: a coefficient under ~1e-19
+    squares to 0, far below the log offset.
     """
     out = z.real.square()
     out.addcmul_(z.imag, z.imag)
@@ -217,8 +211,7 @@ class Scattering:
     fft_size : int, optional
         Length of each streaming chunk's FFT buffer (a power of two, at least four times the margin).
         Defaults to the smallest power of two >= 2**17 that leaves at least three quarters of the buffer for
-        new frames (the margins are recomputed work: 2**19 with ``risk`` thresholding runs 1.7x faster than
-        2**18, for ~50 MB more memory).
+        new frames (the margins are recomputed work, which a longer buffer wastes less of, for more memory).
     first_order_hook : callable, optional
         Edits the complex first-order wavelet coefficients before the modulus (the thresholding stage).
         See ``FirstOrderHook``.
@@ -252,8 +245,8 @@ class Scattering:
         sup1 = max(_support(self._filter(ref_n, p)) for p in self._psi1_meta)
         sup2 = max(_support(self._filter(ref_n, p)) for p in self._psi2_meta) if c.max_order == 2 else 0
         margin = sup_phi + sup1 + sup2
-        # Thresholding (pipeline/thresholding.py): a keep-or-kill decision also depends on the noise level
-        # around the coefficient, which widens the context each thresholded order needs by `reach`.
+        # Thresholding (pipeline/frontend/thresholding.py): a keep-or-kill decision also depends on the noise
+        # level around the coefficient, which widens the context each thresholded order needs by `reach`.
         self._thresholder = None
         if c.threshold != "none":
             from scatterbird.pipeline.frontend.thresholding import ScatteringThresholder
@@ -347,7 +340,7 @@ class Scattering:
         """The filters at FFT length ``n``, built once and kept for the two lengths used last.
 
         Per instance: a ``functools.lru_cache`` on the method would be shared by every instance (two
-        front ends in one process evicting each other's banks, ~1.5 s to rebuild at 2**19) and would keep
+        front ends in one process evicting each other's banks, which are slow to rebuild) and would keep
         the instances alive.
         """
         cache: OrderedDict[int, _Bank] = self.__dict__.setdefault("_banks", OrderedDict())
@@ -518,7 +511,8 @@ class Scattering:
         Parameters
         ----------
         blocks : iterable of ndarray
-            Consecutive mono float32 blocks of any sizes (e.g. an :class:`~pipeline.audio.AudioStream`).
+            Consecutive mono float32 blocks of any sizes (e.g. an
+            :class:`~scatterbird.pipeline.frontend.audio.AudioStream`).
         batch : int
             Chunks transformed together in one batched call.
         """

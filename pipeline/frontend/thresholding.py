@@ -1,135 +1,21 @@
-"""Risk-optimal keep-or-kill thresholding of the complex wavelet coefficients (overcomplete frames).
+"""Risk-optimal keep-or-kill thresholding of the complex first-order wavelet coefficients.
 
-Paper 1 of ``/work/shared/papers/audio-methods.md`` (Cosentino, Balestriero, Baraniuk, Patel,
-arXiv:1712.09117): threshold the coefficients of a redundant filter bank by minimising the risk of the
-signal rebuilt through the dual frame, with the noise correlation of the frame (its Gram) taken into account.
+The overcomplete-frame thresholding of Cosentino, Balestriero, Baraniuk & Patel (arXiv:1712.09117) on the
+front end's decimated Morlet frame: the dual frame by division in Fourier (:class:`ConvFrame`), the paper's
+dual-Gram keep-or-kill rule computed as one extra filtering per filter (:class:`_RuleBank`), a robust
+per-filter noise level that streams, and the closed-form risk of a mask (:meth:`ConvFrame.risk`).
 
-The frame
----------
-The pipeline's first order is a *decimated convolutional* frame of real signals ``x`` of length ``n``
-(circular, one FFT buffer): filter ``lam`` has a real Fourier response ``psi_hat[lam]`` (kymatio's Morlet,
-nearly analytic) and its coefficients are kept every ``M = 2**k[lam]`` samples,
+Modes (``THRESHOLD_MODES``): ``none``; ``universal-hard`` / ``universal-soft`` (Donoho-Johnstone's
+``s sqrt(2 log N)``); ``risk``, the default: the plug-in rule with the kill and keep costs summed over a
+time window of each filter holding ``RULE_INDEPENDENT`` independent noise samples (the one departure from
+the paper).
 
-    c[lam][t] = (x * psi[lam])(M t) = <x, a_(lam,t)>,   a_(lam,t) = psi[lam](. - M t).
+Contract: :class:`ScatteringThresholder` turns complex first-order coefficients (batch, filters, time)
+into real gains in [0, 1] of the same shape. A gain depends on the signal within ``reach`` samples of its
+coefficient, so the front end, which widens its streaming margin by ``reach``, gives streamed output equal
+to whole-signal output.
 
-The coefficients are complex and the signal real, so the frame is read as a *real* frame of two atoms per
-coefficient (``Re a`` and ``-Im a``); a mask keeps or kills a complex coefficient, i.e. both of its atoms.
-Its frame operator ``S = Phi_R^T Phi_R`` is ``x -> Re(Phi^* Phi x)``. kymatio decimates only where a
-filter's band fits the new rate (the alias products ``psi_hat(w) psi_hat(w + m n / M)`` are below 1e-30
-for the J=9, Q=8 bank: :attr:`ConvFrame.alias_level`), so ``S`` is diagonal in Fourier:
-
-    S_hat(w) = 1/2 sum_lam (psi_hat[lam](w)^2 + psi_hat[lam](-w)^2) / M_lam          (symmetrised)
-
-and no dense ``K x K`` (or ``n x n``) inversion is needed: the canonical dual atoms are the atoms filtered by
-``1 / S_hat``. The inverse is regularised by a smooth band taper ``tau``: ``D = tau / S_hat``, the dual
-(synthesis) is ``x_hat = D Re(Phi^* c)`` and rebuilds ``tau x``: exactly the signal in "the band the filters
-cover" (``tau == 1``: 6.7 Hz .. 10.13 kHz for J=9, Q=8 at 22.05 kHz), nothing outside, a smooth roll-off
-between. ``tau`` is set on the filters' *coverage* (:func:`filter_coverage`: each filter's squared response
-relative to its peak, summed), not on ``S_hat``: ``S_hat`` spans three decades across the bank only because
-of the ``1 / M`` weights, which the dual undoes exactly, while a frequency seen by a single filter's far tail
-(above ~10.1 kHz, where only the 9.6 kHz filter reaches, and below ~7 Hz) makes ``D psi_hat ~ 1 / psi_hat``
-huge there. A mask spreads each kept coefficient's noise over its filter's whole band, and that gain
-amplified it: with the band cut on ``S_hat`` at 1e-3 of its maximum, the 9.6 kHz filter's kept noise made
-the ``risk`` reconstruction error 5.3 times that of keeping everything (white noise); cut on the coverage,
-it is 0.3 times.
-
-Grams: ``G = Phi_R Phi_R^T`` (analysis) and ``G~ = Phi_R D^2 Phi_R^T`` (dual). Between coefficient
-``i = (lam, t)`` at sample ``s_i = M t`` and ``j = (lam', t')`` they depend only on the filter pair and on the
-lag ``s_i - s_j`` in samples, each coefficient on its own decimated grid (e.g. the complex Gram
-``g_ij = ifft(psi_hat[lam] psi_hat[lam'])(s_i - s_j)``; the real frame adds a pseudo-Gram term wherever
-filters reach negative frequencies, see :meth:`ConvFrame.variance`).
-
-The risk, the rule, and which lags of the Gram it uses
-------------------------------------------------------
-With ``y = c + n``, ``n = Phi x_noise``, a mask ``a`` (one weight per complex coefficient) and the estimate
-``x_hat = D Re(Phi^*(a y))``, against the target ``tau x``:
-
-    R(a) = ||D Re(Phi^*((1 - a) c))||^2  +  tr(A G~ A C_noise)        (C_noise = sigma^2 G for white noise)
-
-(:meth:`ConvFrame.risk`, in closed form: the bias by one synthesis, the variance as a sum over filter pairs
-and lags of a Gram kernel times the mask's cross-correlation, both by FFT). The decoupled keep-or-kill rule
-(the paper's, as its authors' code implements it) charges coefficient ``i`` its own row of each term, its
-neighbours taking the same decision:
-
-    kill cost = Re(conj(c_i) (G~ c)_i)            keep cost = (G~ C_noise)_ii
-
-The sums run over *every* coefficient ``j``: all filters, all lags, every decimated grid. They collapse:
-
-    (G~ c)_i = (Phi_R D^2 S x)_i = (x * h_lam)(s_i),      h_hat_lam = psi_hat_lam D tau,
-    (G~ G)_ii = (1/n) sum_w psi_hat_lam(w) h_hat_lam(w)          (the diagonal of the projection, <= 1)
-
-so the Gram-weighted sum is one more filtering of the signal, by the rule filter ``h`` (the dual filter
-restricted to the band), sampled on the coefficient's own grid: no lag is dropped and no Gram matrix is
-formed. Which lags and neighbours carry the weight (:func:`gram_row_profile`, J=9, Q=8): a dual Gram row puts
-62-73 % of its squared mass on its own filter and 12-25 % on each nearest neighbour (in the same octave, or
-across a subsampling boundary, where the two grids have different steps), under 1.1 % on the second
-neighbours, nothing further; within a filter, 99 % of it lies within ~1.5 filter lengths (26-36 samples at
-4-9 kHz, 232 samples at 700 Hz, ~4 000 at 80 Hz). Lag 0 alone holds only 2-6 % of a row: the paper's
-code, which sums across filters at one time instant, discards the time neighbours, which carry most of the
-mass because the decimated coefficients are still oversampled. The rule filters' time supports (all but
-1e-7 of their L1 mass) are 150-1 650 samples above 700 Hz and ~21 600 at 35-80 Hz; the two lowest (11 and
-22 Hz), where the frame is far from tight, decay slowly and are windowed to the noise window's reach
-(``tap_reach``, :class:`_RuleBank`), with their keep costs computed for the windowed filters.
-
-The pipeline's rule (mode ``risk``) is the plug-in version: ``c_i c_j`` is replaced by its unbiased estimate
-``y_i y_j - (C_noise)_ij``:
-
-    keep i  <=>  Re(conj(y_i) z_i) > 2 nu_i,      z = (y * h_lam)(s_i),   nu_i = E[Re(conj(n_i) (n * h_lam)(s_i))]
-
-which in an orthonormal basis is the sqrt(2) sigma hard threshold. Coefficient by coefficient, that
-estimate of the signal term is as noisy as the noise itself: the rule keeps a fraction exp(-2) = 13.5 % of
-pure-noise coefficients (about 30 % of the noise energy in this frame), and on the denoising benchmark it
-lost to the universal threshold in every cell (-5.4 dB against ``none``, where universal-hard reached
--8 to -14 dB).
-
-The pipeline therefore takes the rule's own premise, "the neighbours take the same decision", literally
-along time: coefficient ``i`` is kept when the kill costs summed over a window of its filter exceed the keep
-costs summed over it,
-
-    keep i  <=>  sum_(j in W_i) Re(conj(y_j) z_j)  >  2 sum_(j in W_i) nu_j,
-
-with ``W_i`` centred on ``i`` and holding ``RULE_INDEPENDENT = 16`` independent noise samples
-(``16 / B_eff`` seconds, ``B_eff`` the filter's effective noise bandwidth ``(sum psi_hat^2)^2 / (n sum
-psi_hat^4)``: 12 ms at 9.6 kHz, 41 ms at 3 kHz, 100 ms at 1.3 kHz, 1.48 s for kymatio's constant-bandwidth
-filters below 80 Hz, capped at ``RULE_WINDOW_MAX_S``). Summed over the window, the plug-in estimate's noise
-averages out (pure noise survives with the Gamma(16) tail probability P(G > 32) = 6.6e-4, measured 6.6e-4)
-while a call that fills the window keeps its coefficients; the price is time resolution at a call's edges
-(half a window). With one-coefficient windows it is exactly the paper's per-coefficient plug-in rule
-(tested). On the benchmark it beats ``none`` by 13-22 dB and universal-hard in every cell (white and pink
-noise, -10 to +10 dB). The window is the one departure from the paper's description, for that reason.
-A linear ramp 1 % of the threshold wide (:func:`decision`) replaces the 0/1 step so that the output is
-continuous in the input (streaming).
-
-At the low-frequency edge the rule still compares the same two numbers, but ``z`` is no longer ``y`` times
-a constant: ``h_hat / psi_hat = D tau`` varies over the filter's band (``rho * S_hat(xi)`` rises from 1.06 in
-the interior to 1.25-1.54 for the filters below 80 Hz: the keep cost grows with the dual's gain), the
-statistic's distribution departs from the exponential, the dual's long tails make the decision depend on
-~1.7 s of signal, and the "neighbours take the same decision" premise costs more: the variance an isolated
-kept coefficient really adds, relative to the keep cost the rule charges it, is 0.024 in the interior (the
-frame's redundancy) but 0.07-0.17 for the filters below 60 Hz (0.076 for the 9.6 kHz filter at the top
-edge), so the rule keeps relatively more noise there than it thinks. Noise there is estimated from few
-independent samples (a 4 Hz-wide filter sees ~30 in 3 s), so its kept fraction scatters (6-21 % instead of
-13.5 %).
-
-Noise level, per filter and per block (streamable)
---------------------------------------------------
-``nu_i = rho_lam E|n_i|^2`` with ``rho_lam = (G~ G)_ii / ||psi_lam||^2``: exact for white noise, and for
-coloured noise that is locally white over one filter's band (pink, brown, wind...). ``E|n_i|^2`` is estimated
-per filter and robustly: for circular complex Gaussian coefficients ``|n|^2`` is exponential, so
-``E|n|^2 = median |y|^2 / ln 2`` (the complex counterpart of MAD / 0.6745). The median runs over a window of
-``NOISE_WINDOW_S`` (3 s), centred on blocks of ``NOISE_BLOCK_HOPS`` frames (186 ms) counted from the buffer's
-start, on the filter's coefficients taken every ``max(2**k, hop / 4)`` samples. The streaming front end starts
-every chunk a whole number of blocks after the previous (its margin is a multiple of the block), so each
-block sees the same samples in every chunk as in the whole signal. A sound lasting more than half the window
-in one filter (a constant hum, a long tone) is, by construction, background there; a sound filling a fraction
-``p < 1/2`` of it raises the estimate to the noise's ``1 / (2 (1 - p))`` quantile (x1.58 at ``p = 1/4``).
-
-The modes
----------
-``none``; ``universal-hard`` / ``universal-soft``: ``|y| > s sqrt(2 log N)`` with ``s = sqrt(E|n|^2)`` the
-coefficient's noise standard deviation and ``N`` the noise window in samples (Donoho-Johnstone's
-orthonormal-basis threshold; soft shrinks the modulus by the threshold and keeps the phase); ``risk`` (the
-default): the windowed rule above.
+Derivation: docs/thresholding.md.
 """
 
 from __future__ import annotations
@@ -150,9 +36,9 @@ from scatterbird.pipeline.config import THRESHOLD_MODES
 #: (each filter relative to its peak; :func:`filter_coverage`): the dual is the exact canonical dual where
 #: ``C >= TAPER_HI * max C`` and zero where ``C <= TAPER_LO * max C``. Not on the decimated frame response
 #: ``S_hat``: that one is small at low frequencies only because of the 1 / M weights, which the dual
-#: compensates exactly; what must be excluded
-#: is where a frequency is seen by a filter's far tail alone (below ~7 Hz, above ~10.1 kHz for the J=9, Q=8
-#: bank), whose inverse amplifies whatever a mask spreads there (see the module notes).
+#: compensates exactly; what must be excluded is where a frequency is seen by a filter's far tail alone
+#: (below ~7 Hz, above ~10.1 kHz for the J=9, Q=8 bank), whose inverse amplifies whatever a mask spreads
+#: there (docs/thresholding.md).
 TAPER_LO = 0.03
 TAPER_HI = 0.3
 
@@ -174,7 +60,8 @@ NOISE_BLOCK_HOPS = 8
 #: filter holding this many independent noise samples (``RULE_INDEPENDENT / B_eff`` seconds, ``B_eff`` the
 #: filter's effective noise bandwidth): 12 ms at 9.6 kHz, 100 ms at 1.3 kHz, capped at ``RULE_WINDOW_MAX_S``.
 #: The plug-in estimate of one coefficient's signal term has the noise's own spread, so a single-coefficient
-#: rule keeps exp(-2) = 13.5 % of pure noise; summed over 16 independent samples it keeps ~3e-4 of it.
+#: rule keeps exp(-2) = 13.5 % of pure noise; summed over 16 independent samples it keeps the Gamma(16)
+#: tail P(G > 32) = 6.6e-4 of it.
 RULE_INDEPENDENT = 16.0
 
 #: Longest decision window in seconds (the low filters' 16 independent samples would take up to ~1.5 s).
@@ -301,7 +188,8 @@ class ConvFrame:
 
     @classmethod
     def from_scattering(cls, scattering, n: int) -> "ConvFrame":
-        """The first-order frame of a :class:`~pipeline.scattering.Scattering` at FFT length ``n``."""
+        """The first-order frame of a front end (:class:`~scatterbird.pipeline.frontend.scattering.Scattering`)
+        at FFT length ``n``."""
         return cls(scattering.psi1_fourier(n), scattering.first_order_k())
 
     # -- derived spectra -----------------------------------------------------------------------------
@@ -778,7 +666,9 @@ def _fold_t(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 @dataclass
 class ScatteringThresholder:
-    """The thresholding stage of :class:`~pipeline.scattering.Scattering` (built by it from its config).
+    """The thresholding stage of the front end, built by it from its config.
+
+    See :class:`~scatterbird.pipeline.frontend.scattering.Scattering`.
 
     Parameters
     ----------
@@ -1091,7 +981,7 @@ def denoise(
 
 @dataclass(frozen=True)
 class _Group:
-    """Same fields as ``pipeline.scattering.FilterGroup`` (not imported: scattering imports this module)."""
+    """Same fields as ``scattering.FilterGroup`` (not imported: scattering imports this module)."""
 
     k: int
     index: tuple[int, ...]
