@@ -1,4 +1,5 @@
-"""pipeline/report.py: every file the report names exists, and the report names nothing else."""
+"""pipeline/evaluate/report.py: every file the report names exists, the report names nothing else, and the
+names a user chose are shown as text."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pytest
 import soundfile as sf
 
 from scatterbird.data.manifest import write_challenge_like
-from scatterbird.pipeline.evaluate.run import compute_sequences, evaluate, load_dataset
+from scatterbird.pipeline.clip_features import compute_sequences
+from scatterbird.pipeline.datasets import load_dataset
+from scatterbird.pipeline.evaluate.run import evaluate
 from simple_detector import SimpleDetector
-from test_evaluate import FAST, _touch_wavs, _write_csv
+from test_datasets import _touch_wavs, _write_csv
+from test_evaluate import FAST
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,14 +41,21 @@ class _Refs(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory) -> Path:
-    """An evaluation over two labelled sets (one clip unreadable) and one with hidden labels."""
+def fitted(tmp_path_factory) -> tuple[Path, dict[str, Path], SimpleDetector]:
+    """Synthetic development sets under a fresh root, and a detector fitted on ff1010bird."""
     root = tmp_path_factory.mktemp("report")
     sets = write_challenge_like(root / "data", 6, duration=2.0, sr=8000, seed=3)
     train = load_dataset(sets["ff1010bird"])
     seqs, _ = compute_sequences(train.clips, FAST, progress=False)
     det = SimpleDetector().fit(seqs, [c.label for c in train.clips])
     det.feature_config = FAST
+    return root, sets, det
+
+
+@pytest.fixture(scope="module")
+def report_dir(fitted) -> Path:
+    """An evaluation over two labelled sets (one clip unreadable) and one with hidden labels."""
+    root, sets, det = fitted
     bad = sorted((sets["warblrb10k"] / "wav").glob("*.wav"))[0]
     bad.write_bytes(b"")  # an empty file: unreadable
     hidden = root / "data" / "Chernobyl"
@@ -95,3 +106,29 @@ def test_report_content(report_dir):
     assert "worst false positives" in text and "worst false negatives" in text
     assert ".wav" in text  # each shown clip is named by its file
     assert "the published dataset has 8,000 clips" in text  # data checks are shown
+
+
+def test_user_strings_are_escaped(fitted, tmp_path):
+    """A dataset name, a clip name and a model path that hold markup are shown as text, never as markup."""
+    root, sets, det = fitted
+    evil_dataset = "<script>alert(1)</script>"
+    evil_item = "<img src=x onerror=alert(1)>"
+    folder = tmp_path / "evil"
+    ids = ["a1", "a2", "b1", "b2"]
+    _touch_wavs(folder / "wav", [])
+    for k, i in enumerate(ids):
+        sf.write(folder / "wav" / f"{i}.wav", np.random.default_rng(k).standard_normal(8000).astype(np.float32) * 0.05, 8000)
+    (folder / "wav" / f"{evil_item}.wav").write_bytes(b"")  # unreadable: listed with its name and path
+    _write_csv(folder / "evil.csv", [(i, "evil", int(i[0] == "b")) for i in [*ids, evil_item]])
+    out = tmp_path / "out"
+    evaluate(det, [load_dataset(folder, name=evil_dataset)], out, model_path="<b>model</b>.pt", n_boot=20, n_worst=2, progress=False)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in html and "<img src=x" not in html and "<b>model" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "&lt;b&gt;model&lt;/b&gt;.pt" in html
+    parser = _Refs()
+    parser.feed(html)
+    text = " ".join(parser.text)
+    assert evil_dataset in text and evil_item in text  # shown, as text
+    assert parser.refs and all((out / ref).is_file() for ref in parser.refs)
