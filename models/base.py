@@ -13,12 +13,14 @@ someone else cannot run code when it is opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.errors import DetectorError, FeatureConfigMismatch
@@ -28,6 +30,17 @@ _NOT_HASHED = frozenset({"verbose", "progress", "n_jobs"})
 
 #: Written into every model file; bumped when the layout changes.
 MODEL_FORMAT = "scatterbird-detector/1"
+
+
+def _to_json(value: Any) -> str:
+    """Hyperparameters as sorted JSON (tuples as lists, NumPy scalars and arrays as Python values)."""
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"hyperparameter value {value!r} of type {type(value).__name__} cannot be written as JSON")
 
 
 def check_sequences(
@@ -93,7 +106,7 @@ def check_labels(labels: Sequence[int], n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class Detector:
+class Detector(BaseEstimator):
     """Base of every detector. Subclasses implement ``fit``, ``predict_proba``, ``_get_state`` and
     ``_set_state``; saving and loading are shared.
 
@@ -129,10 +142,6 @@ class Detector:
         """Probability of bird, shape (n_sequences,), values in [0, 1]."""
         raise NotImplementedError
 
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as given to ``__init__`` (JSON-able)."""
-        raise NotImplementedError
-
     def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Learned state: (tensors, JSON-able extra values)."""
         raise NotImplementedError
@@ -151,7 +160,7 @@ class Detector:
         payload = {
             "format": MODEL_FORMAT,
             "kind": self.kind,
-            "params_json": json.dumps(self.get_params(), sort_keys=True),
+            "params_json": _to_json(self.get_params()),
             "extra_json": json.dumps(extra, sort_keys=True),
             "feature_config_json": self.feature_config.to_json() if self.feature_config else "",
             "feature_config_hash": self.feature_config.hash if self.feature_config else "",
@@ -164,14 +173,12 @@ class Detector:
     @property
     def model_hash(self) -> str:
         """A hash of the learned state and hyperparameters (identifies the model in result stores)."""
-        import hashlib
-
         tensors, extra = self._get_state()
         # Display-only options must not make two identical models look different.
         params = {k: v for k, v in self.get_params().items() if k not in _NOT_HASHED}
         h = hashlib.sha256()
         h.update(self.kind.encode())
-        h.update(json.dumps(params, sort_keys=True).encode())
+        h.update(_to_json(params).encode())
         h.update(json.dumps(extra, sort_keys=True).encode())
         for k in sorted(tensors):
             h.update(k.encode())

@@ -467,20 +467,6 @@ class InversionDetector(Detector):
         self.activation = activation
         self.beta = beta
 
-    _PARAMS = (
-        "widths", "kernel_size", "negative_slope", "centre", "ce_weight", "entropy_weight", "recon_scale",
-        "recon_weights", "detach_target", "lr", "weight_decay", "max_epochs", "steps_per_epoch",
-        "batch_labelled", "batch_unlabelled", "warmup_epochs", "validation_fraction", "patience",
-        "random_state", "verbose", "ortho_penalty", "ortho_variant", "activation", "beta",
-    )
-
-    def get_params(self) -> dict[str, Any]:
-        params = {k: getattr(self, k) for k in self._PARAMS}
-        params["widths"] = [int(w) for w in self.widths]
-        if self.recon_weights is not None:
-            params["recon_weights"] = [float(w) for w in self.recon_weights]
-        return params
-
     # -- pieces -------------------------------------------------------------------------------------
     def _build_net(self, n_channels: int) -> InversionNet:
         return InversionNet(

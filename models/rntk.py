@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from scatterbird.models.base import Detector, DetectorError, check_labels, check_sequences
-from scatterbird.pipeline.frontend.sequences import ChannelStats, fit_channel_stats, standardize
+from scatterbird.models.standardize import ChannelStats, fit_channel_stats, standardize
 
 ACTIVATIONS = ("relu", "erf")
 READOUTS = ("last", "avg")
@@ -685,33 +685,6 @@ class RNTKClassifier(Detector):
         return det
 
     # -- Detector API -----------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "activation": self.activation,
-            "n_layers": int(self.n_layers),
-            "sigma_w": float(self.sigma_w),
-            "sigma_u": float(self.sigma_u),
-            "sigma_b": float(self.sigma_b),
-            "sigma_h": float(self.sigma_h),
-            "sigma_v": float(self.sigma_v),
-            "readout": self.readout,
-            "kernel": self.kernel,
-            "normalize": bool(self.normalize),
-            "centre": bool(self.centre),
-            "standardize": bool(self.standardize),
-            "param_grid": None if self.param_grid is None else {k: list(v) for k, v in self.param_grid.items()},
-            "solver": self.solver,
-            "C": [float(c) for c in self.C],
-            "ridge": [float(r) for r in self.ridge],
-            "cv": int(self.cv),
-            "calibration": self.calibration,
-            "method": self.method,
-            "max_exact": int(self.max_exact),
-            "n_landmarks": int(self.n_landmarks),
-            "memory_budget_mb": float(self.memory_budget_mb),
-            "random_state": self.random_state,
-        }
-
     @property
     def n_channels_(self) -> int:
         self._check_fitted()

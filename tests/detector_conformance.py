@@ -9,10 +9,14 @@ Use it from a detector's test module:
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from scatterbird.models.base import Detector, DetectorError
 from scatterbird.models.registry import load_detector
@@ -36,7 +40,8 @@ def easy_sequences(n: int, n_channels: int = 12, seed: int = 0, min_len: int = 2
 
 
 def check_detector(make: Callable[[int], Detector], tmp_path, n_train: int = 40, n_channels: int = 12) -> None:
-    """Fit/predict shapes, [0, 1] probabilities, save/load identity, variable lengths, channel errors, seeds."""
+    """Fit/predict shapes, [0, 1] probabilities, save/load identity, variable lengths, channel errors, seeds,
+    scikit-learn's parameter conventions (get_params/set_params, clone)."""
     seqs, y = easy_sequences(n_train, n_channels, seed=1)
     test, yt = easy_sequences(16, n_channels, seed=2, min_len=5, max_len=90)
     det = make(0)
@@ -55,6 +60,15 @@ def check_detector(make: Callable[[int], Detector], tmp_path, n_train: int = 40,
     assert type(again) is type(det)
     np.testing.assert_array_equal(again.predict_proba(test), p)
     assert again.model_hash == det.model_hash
+    assert again.get_params() == json.loads(json.dumps(det.get_params()))  # tuples come back as lists
+    # scikit-learn's conventions: clone gives an unfitted detector with equal hyperparameters
+    check_is_fitted(det)
+    fresh = clone(det)
+    assert type(fresh) is type(det) and fresh is not det
+    assert fresh.get_params() == det.get_params()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(fresh)
+    assert fresh.set_params(**det.get_params()) is fresh and fresh.get_params() == det.get_params()
     # clear error on the wrong channel count
     with pytest.raises(DetectorError, match="channels"):
         det.predict_proba([np.zeros((10, n_channels + 1), np.float32)])

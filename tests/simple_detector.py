@@ -7,13 +7,18 @@ by its module name and its registered kind.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
+from sklearn.linear_model import LogisticRegression
 
+from scatterbird.data.synthetic import make_clip
 from scatterbird.models.base import Detector, check_labels, check_sequences
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering
 
 
 def _summary(sequences: Sequence[np.ndarray]) -> np.ndarray:
@@ -35,12 +40,7 @@ class SimpleDetector(Detector):
     def __init__(self, C: float = 1.0) -> None:
         self.C = C
 
-    def get_params(self) -> dict[str, Any]:
-        return {"C": self.C}
-
     def fit(self, sequences, labels, unlabeled=None) -> "SimpleDetector":
-        from sklearn.linear_model import LogisticRegression
-
         seqs = check_sequences(sequences)
         y = check_labels(labels, len(seqs))
         X = _summary(seqs)
@@ -84,9 +84,6 @@ FAST_CONFIG = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000, threshold=
 def train_simple_detector(path, *, config=None, n_clips: int = 40, clip_s: float = 2.0, seed: int = 0,
                           C: float = 1.0) -> SimpleDetector:
     """Fit a SimpleDetector on synthetic clips (half with one bird call, 10-15 dB SNR) and save it to ``path``."""
-    from scatterbird.data.synthetic import make_clip
-    from scatterbird.pipeline.frontend.scattering import Scattering
-
     config = config or FAST_CONFIG
     sc = Scattering(config)
     rng = np.random.default_rng(seed)
@@ -117,12 +114,6 @@ def write_recordings(folder, specs, *, sr: int = 8000, seed: int = 1) -> dict:
     dict
         Absolute path (str) -> list of :class:`data.synthetic.Event`.
     """
-    import os
-
-    import soundfile as sf
-
-    from scatterbird.data.synthetic import make_clip
-
     rng = np.random.default_rng(seed)
     truth = {}
     for rel, duration, bird in specs:
