@@ -8,18 +8,39 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from scatterbird.pipeline.config import THRESHOLD_MODES, ConfigError, FeatureConfig
+from scatterbird.errors import ScatterbirdError
+from scatterbird.models.registry import available_detectors, build_detector
+from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, analyze_inputs
+from scatterbird.pipeline.config import THRESHOLD_MODES, FeatureConfig
+from scatterbird.pipeline.datasets import Dataset, load_datasets
+from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_detect, shard_from_env
+from scatterbird.pipeline.detect.exports import export_store, parse_formats
+from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_store_paths, merge_stores
+from scatterbird.pipeline.evaluate.run import crossval, evaluate, load_model
+from scatterbird.pipeline.frontend.features import extract_features
+from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.train.training import parse_params, run_train
 from scatterbird.version import __version__
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # the run finished but some inputs could not be processed
-EXIT_USAGE = 2  # bad options or no usable input
+EXIT_USAGE = 2  # bad options, no usable input or no model
+EXIT_INTERRUPTED = 130
+
+#: Detector kind of `train` and `crossval` when --kind is not given.
+DEFAULT_KIND = "inversion"
 
 #: Default sequence step for the RNTK (a 10 s clip becomes 40 steps).
 RNTK_DEFAULT_POOL_S = 0.25
+
+
+def _fail(command: str, message: str) -> int:
+    """Print the one-line error of a command and return EXIT_USAGE."""
+    print(f"scatterbird {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _add_feature_options(p: argparse.ArgumentParser) -> None:
@@ -51,15 +72,11 @@ def _report_problems(problems: Sequence[tuple[str, str]], what: str = "skipped")
 
 # -- features ------------------------------------------------------------------------------------
 def cmd_features(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.frontend.features import extract_features
-    from scatterbird.pipeline.frontend.inputs import find_audio
-
     config = _config_from(args)
     scan = find_audio(args.inputs, args.ext)
     _report_problems(scan.problems)
     if not scan.files:
-        print("error: no audio files found in the given inputs", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, "no audio files found in the given inputs")
     run = extract_features(scan.with_roots(), args.output, config, progress=not args.quiet)
     _report_problems(run.failed, "failed")
     print(
@@ -70,62 +87,35 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 # -- detect / export / failures / merge ----------------------------------------------------------------
-def _batch_errors() -> tuple[type[BaseException], ...]:
-    from scatterbird.models.base import DetectorError
-    from scatterbird.pipeline.detect.batch import BatchError
-    from scatterbird.pipeline.detect.store import StoreError
-
-    return (BatchError, DetectorError, StoreError, ValueError)
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_detect, shard_from_env
-    from scatterbird.pipeline.detect.exports import parse_formats
-
-    try:
-        summary = run_detect(
-            args.inputs,
-            args.output,
-            model_path=args.model,
-            params=DetectParams(args.window, args.hop, args.min_conf),
-            extensions=args.ext,
-            force=args.force,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            shard=parse_shard(args.shard) if args.shard else shard_from_env(),
-            formats=parse_formats(args.format),
-            progress=not args.quiet,
-        )
-    except _batch_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    summary = run_detect(
+        args.inputs,
+        args.output,
+        model_path=args.model,
+        params=DetectParams(args.window, args.hop, args.min_conf),
+        extensions=args.ext,
+        force=args.force,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        shard=parse_shard(args.shard) if args.shard else shard_from_env(),
+        formats=parse_formats(args.format),
+        progress=not args.quiet,
+    )
     print("\n".join(summary.lines()))
     return EXIT_SOME_FAILED if (summary.failed or summary.problems) else EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.detect.exports import export_store, parse_formats
-
-    try:
-        run, written = export_store(args.outdir, parse_formats(args.format), run_id=args.run, to=args.to)
-    except _batch_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    run, written = export_store(args.outdir, parse_formats(args.format), run_id=args.run, to=args.to)
     print(f"export: run {run.id} (model {run.model_hash}, config {run.config_hash}): {len(written)} file(s) "
           f"written to {args.to or args.outdir}")
     return EXIT_OK
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
-
-    try:
-        with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
-            run = store.run(args.run)
-            failures = store.failures(run.id)
-    except _batch_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
+        run = store.run(args.run)
+        failures = store.failures(run.id)
     for path, reason in failures:
         print(f"{path}\t{reason}")
     print(f"run {run.id}: {len(failures)} failure(s)", file=sys.stderr)
@@ -133,58 +123,64 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.detect.exports import export_store, parse_formats
-    from scatterbird.pipeline.detect.store import STORE_NAME, iter_store_paths, merge_stores
-
     sources = args.stores or list(iter_store_paths(args.outdir))
     if not sources:
-        print(f"error: no shard stores (scatterbird.shard-*-of-*.sqlite) in {args.outdir}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        report = merge_stores(Path(args.outdir) / STORE_NAME, sources)
-        formats = parse_formats(args.format)
-        # normally one run; with several (shards of different models), the newest is exported
-        written = export_store(args.outdir, formats, run_id=max(report.runs))[1] if formats and report.runs else []
-    except _batch_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, f"no shard stores (scatterbird.shard-*-of-*.sqlite) in {args.outdir}")
+    formats = parse_formats(args.format)
+    report = merge_stores(Path(args.outdir) / STORE_NAME, sources)
+    # normally one run; with several (shards of different models), the newest is exported
+    written = export_store(args.outdir, formats, run_id=max(report.runs))[1] if formats and report.runs else []
     print(f"merge: {len(report.sources)} store(s) into {Path(args.outdir) / STORE_NAME}: {report.copied} file "
           f"result(s) copied, {report.kept} already there; run(s) {report.runs}; {len(written)} export file(s)")
     return EXIT_OK
 
 
 # -- train ---------------------------------------------------------------------------------------------
+class _DeprecatedKindOption(argparse.Action):
+    """``--model KIND`` of train and crossval: the old spelling of ``--kind``, accepted with a warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} KIND is deprecated and will name a model file; "
+              f"use --kind {values}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_kind_options(p: argparse.ArgumentParser) -> None:
+    kinds = sorted(available_detectors())
+    p.add_argument("--kind", choices=kinds, default=DEFAULT_KIND, help="detector kind (default %(default)s)")
+    p.add_argument("--model", dest="kind", choices=kinds, default=argparse.SUPPRESS, metavar="KIND",
+                   action=_DeprecatedKindOption, help="deprecated spelling of --kind")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="detector hyperparameter, value as JSON, e.g. max_epochs=30 (repeatable)")
+    p.add_argument("--pool", type=float, default=None,
+                   help="average-pool frames to this step in seconds, 0 keeps the 23 ms frames "
+                        "(default: 0.25 for --kind rntk, whose cost grows with the steps squared; 0 otherwise)")
+
+
 def _pool_for(args: argparse.Namespace) -> float:
     """The sequence step: as given, else RNTK_DEFAULT_POOL_S for the RNTK and native frames otherwise."""
     if args.pool is not None:
         return float(args.pool)
-    return RNTK_DEFAULT_POOL_S if args.model == "rntk" else 0.0
+    return RNTK_DEFAULT_POOL_S if args.kind == "rntk" else 0.0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scatterbird.models.base import DetectorError
-    from scatterbird.errors import DatasetError
-    from scatterbird.pipeline.train.training import TrainingError, parse_params, run_train
-
     config = _config_from(args).replace(pool_s=_pool_for(args))
     inputs = {"unlabeled": args.unlabeled or [], "labelled_fraction": args.labelled_fraction, "window_s": args.window}
     if args.dataset is not None:
         inputs["dataset"] = args.dataset
     if args.audio is not None or args.labels is not None:
         inputs.update(audio=args.audio, labels=args.labels)
-    try:
-        report = run_train(
-            args.output, model=args.model, params=parse_params(args.param or []), seed=args.seed, config=config,
-            cache_dir=args.cache, progress=not args.quiet, **inputs,
-        )
-    except (DatasetError, TrainingError, DetectorError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    report = run_train(
+        args.output, model=args.kind, params=parse_params(args.param or []), seed=args.seed, config=config,
+        cache_dir=args.cache, progress=not args.quiet, **inputs,
+    )
     d = report.data
     incomplete = _print_datasets([d.dataset])  # bad label rows, skipped
     _report_problems(d.failed, "failed")
     print(
-        f"train: {args.model} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
+        f"train: {args.kind} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
         f"{len(d.unlabeled)} unlabelled window(s) ({d.n_unlabelled_files} file(s), {d.n_hidden} clip(s) with "
         f"hidden labels); features: {d.cache_hits} from the cache, {d.cache_misses} computed; fitted in "
         f"{report.fit_seconds:.1f} s; model written to {report.model_path} (config {config.hash})"
@@ -193,15 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- evaluate / crossval -------------------------------------------------------------------------------
-def _evaluation_errors() -> tuple[type[BaseException], ...]:
-    from scatterbird.models.base import DetectorError
-    from scatterbird.errors import DatasetError
-    from scatterbird.pipeline.train.training import TrainingError
-
-    return (DatasetError, DetectorError, TrainingError)
-
-
-def _print_datasets(datasets) -> bool:
+def _print_datasets(datasets: Sequence[Dataset]) -> bool:
     """Print what was found; return True when some dataset is incomplete."""
     for d in datasets:
         print(d.summary(), file=sys.stderr)
@@ -219,44 +207,28 @@ def _print_run(run, incomplete: bool) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scatterbird.pipeline.datasets import load_datasets
-    from scatterbird.pipeline.evaluate.run import evaluate, load_model
-
-    try:
-        datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
-        incomplete = _print_datasets(datasets)
-        detector, source = load_model(args.model)
-        run = evaluate(
-            detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers,
-            n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet,
-        )
-    except _evaluation_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
+    incomplete = _print_datasets(datasets)
+    detector, source = load_model(args.model)
+    run = evaluate(
+        detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers,
+        n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet,
+    )
     return _print_run(run, incomplete)
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
-    from scatterbird.models.registry import build_detector
-    from scatterbird.pipeline.datasets import load_datasets
-    from scatterbird.pipeline.evaluate.run import crossval
-    from scatterbird.pipeline.train.training import parse_params
-
     config = _config_from(args).replace(pool_s=_pool_for(args))
-    try:
-        params = parse_params(args.param or [])
-        build_detector(args.model, params, args.seed)  # a bad kind or option fails before any feature work
-        datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
-        incomplete = _print_datasets(datasets)
-        run = crossval(
-            datasets, lambda: build_detector(args.model, params, args.seed), args.output, config=config,
-            semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers,
-            n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, save_models=args.save_models,
-            progress=not args.quiet,
-        )
-    except _evaluation_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    params = parse_params(args.param or [])
+    build_detector(args.kind, params, args.seed)  # a bad option fails before any feature work
+    datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
+    incomplete = _print_datasets(datasets)
+    run = crossval(
+        datasets, lambda: build_detector(args.kind, params, args.seed), args.output, config=config,
+        semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers,
+        n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, save_models=args.save_models,
+        progress=not args.quiet,
+    )
     return _print_run(run, incomplete)
 
 
@@ -277,21 +249,14 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 # -- analyze -------------------------------------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from scatterbird.models.base import DetectorError
-    from scatterbird.pipeline.analysis.run import STAGES, AnalysisError, AnalysisOptions, analyze_inputs
-
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
     options = AnalysisOptions(
         stages=stages, max_clips=args.max_clips, detail_clips=args.detail_clips, slice_grid=args.slice_grid, seed=args.seed
     )
-    try:
-        analysis, written, clips = analyze_inputs(
-            args.inputs, args.output, model_path=args.model, labels_csv=args.labels, options=options,
-            extensions=args.ext, cache_dir=args.cache, progress=not args.quiet,
-        )
-    except (AnalysisError, DetectorError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    analysis, written, clips = analyze_inputs(
+        args.inputs, args.output, model_path=args.model, labels_csv=args.labels, options=options,
+        extensions=args.ext, cache_dir=args.cache, progress=not args.quiet,
+    )
     _report_problems(clips.problems)
     s = analysis.summary
     print(f"analyze: {s['n_clips']} clip(s), {len(written)} file(s) written to {args.output} "
@@ -380,16 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", action="append", metavar="DIR",
                    help="unlabelled recordings: directory, file or .txt path list (repeatable)")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.pt)")
-    p.add_argument("--model", default="inversion", help="detector kind: inversion or rntk (default %(default)s)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="detector hyperparameter, value as JSON, e.g. max_epochs=30 (repeatable)")
+    _add_kind_options(p)
     p.add_argument("--labelled-fraction", type=float, default=1.0,
                    help="keep this stratified share of the labels, the rest become unlabelled (default %(default)s)")
     p.add_argument("--window", type=float, default=10.0,
                    help="window length in seconds for unlabelled recordings (default %(default)s)")
-    p.add_argument("--pool", type=float, default=None,
-                   help="average-pool frames to this step in seconds, 0 keeps the 23 ms frames "
-                        "(default: 0.25 for --model rntk, whose cost grows with the steps squared; 0 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kept labels and the detector (default %(default)s)")
     p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -416,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "crossval",
         help="leave-one-dataset-out cross-validation (the DCASE 2018 protocol) with any detector kind",
         description=(
-            "For each dataset: train a new detector (--model KIND, --param KEY=VALUE) on the other datasets' "
+            "For each dataset: train a new detector (--kind KIND, --param KEY=VALUE) on the other datasets' "
             "labelled clips and score the one left out; with --heldout-unlabeled the left-out dataset's audio is "
             "also given to the detector as unlabelled data (semi-supervised). Same outputs as `evaluate`, with "
             "the held-out scores in predictions.csv and the harmonic mean of the held-out AUCs. "
@@ -424,15 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_dataset_options(p)
-    p.add_argument("--model", default="inversion", help="detector kind: inversion or rntk (default %(default)s)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="detector hyperparameter, value as JSON, e.g. max_epochs=30 (repeatable)")
+    _add_kind_options(p)
     p.add_argument("--heldout-unlabeled", action="store_true",
                    help="give the held-out dataset's audio to fit() as unlabelled data (its labels are never used)")
     p.add_argument("--save-models", action="store_true", help="also write each fold's model to OUTPUT/models/<dataset>.pt")
-    p.add_argument("--pool", type=float, default=None,
-                   help="average-pool frames to this step in seconds, 0 keeps the 23 ms frames "
-                        "(default: 0.25 for --model rntk, whose cost grows with the steps squared; 0 otherwise)")
     _add_feature_options(p)
     p.set_defaults(func=cmd_crossval)
 
@@ -464,16 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error scatterbird raises on purpose becomes one line on stderr and EXIT_USAGE."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        parser.error(str(exc))  # exits with EXIT_USAGE
+    except ScatterbirdError as exc:
+        return _fail(args.command, str(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ class ConfigError(ScatterbirdError, ValueError):
     """A feature configuration value is out of range or unknown."""
 
 
+class OptionError(ScatterbirdError, ValueError):
+    """An option is out of range or unknown (window, hop, event threshold, export format)."""
+
+
 class AudioError(ScatterbirdError):
     """A recording could not be used. ``path`` names the file and ``reason`` says why.
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 import cli
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.features import load_scattergram
 from scatterbird.pipeline.frontend.scattering import Scattering
+from scatterbird.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sr", "8000", "-J", "6", "--q1", "4", "--threshold", "none"]
@@ -58,8 +61,25 @@ def test_features_all_good_exits_zero(tmp_path):
     assert cli.main(["features", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o"), "-q", *FAST]) == 0
 
 
-def test_no_inputs_is_a_usage_error(tmp_path):
+def test_no_inputs_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["features", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert capsys.readouterr().err.endswith("scatterbird features: error: no audio files found in the given inputs\n")
+
+
+def test_a_scatterbird_error_is_one_line_and_exit_2(tmp_path, capsys):
+    """A ConfigError (a ScatterbirdError) raised inside a command reaches main's one handler."""
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32) + 0.01, 8000)
+    assert cli.main(["features", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o"), "-q", "-J", "40"]) == 2
+    assert capsys.readouterr().err == "scatterbird features: error: J must be between 1 and 16, got 40\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_version_is_the_installed_metadata(capsys):
+    assert __version__ == importlib.metadata.version("scatterbird")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"scatterbird {importlib.metadata.version('scatterbird')}\n"
 
 
 def test_cli_help_from_a_checkout_and_bad_option():

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from scatterbird import cli
 from scatterbird.cli import main
 from scatterbird.data.synthetic import write_dataset
 from scatterbird.errors import DatasetError, DetectorError
 from scatterbird.models.registry import build_detector, load_detector
 from scatterbird.models.inversion import InversionDetector
+from scatterbird.models.rntk import RNTKClassifier
 from scatterbird.pipeline.train import training
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import load_dataset, read_labels
@@ -127,8 +129,36 @@ def test_error_bad_model_and_options(dataset, tmp_path, no_training):
 def test_cli_reports_input_errors(dataset, tmp_path, capsys, no_training):
     rc = main(["train", "--audio", str(dataset / "bad" / "wav"), "--labels", str(_labels(tmp_path, "")),
                "-o", str(tmp_path / "m.pt"), "--order", "1", "--threshold", "none", "-q"])
-    assert rc == 2 and "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("scatterbird train: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_kind_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
+    """--kind chooses the detector (and the RNTK's default pooling); --model KIND still works, with a warning."""
+    calls = []
+
+    def fake_run_train(output, *, model, config, **kwargs):
+        calls.append((model, config.pool_s))
+        raise TrainingError("stopped before any work")
+
+    monkeypatch.setattr(cli, "run_train", fake_run_train)
+    args = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "m.pt"), "-q"]
+    assert main(args + ["--kind", "rntk"]) == 2
+    err = capsys.readouterr().err
+    assert "deprecated" not in err and "scatterbird train: error: stopped before any work" in err
+    assert main(args + ["--model", "rntk"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("scatterbird train: warning: --model KIND is deprecated and will name a model file; "
+                      "use --kind rntk")
+    assert err[1] == "scatterbird train: error: stopped before any work"
+    assert main(args) == 2
+    assert calls == [("rntk", 0.25), ("rntk", 0.25), ("inversion", 0.0)]
+    for bad in (["--kind", "nope"], ["--model", "model.pt"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + bad)
+        assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert len(calls) == 3
 
 
 def test_parse_params_and_build():
@@ -250,11 +280,9 @@ def test_bad_label_rows_are_skipped_and_reported(dataset, warm, tmp_path, capsys
 
 
 def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path):
-    """`--model rntk` without --pool trains on 0.25 s steps, and the saved config says so."""
-    from scatterbird.models.rntk import RNTKClassifier
-
+    """`--kind rntk` without --pool trains on 0.25 s steps, and the saved config says so."""
     model = tmp_path / "rntk.pt"
-    args = ["train", str(dataset / "bad"), "-o", str(model), "--model", "rntk", "--order", "1", "--threshold", "none", "-q",
+    args = ["train", str(dataset / "bad"), "-o", str(model), "--kind", "rntk", "--order", "1", "--threshold", "none", "-q",
             "--cache", str(warm[0])]
     assert main(args) == 0
     det = load_detector(model, expected_config=CONFIG.replace(pool_s=0.25))

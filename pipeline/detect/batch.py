@@ -45,7 +45,7 @@ from scatterbird.pipeline.detect.memory import release_free_memory
 from scatterbird.pipeline.frontend.scattering import Scattering
 from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
 from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
-from scatterbird.errors import BatchError
+from scatterbird.errors import BatchError, OptionError
 from scatterbird.models.registry import default_model_path, load_detector
 
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
@@ -75,7 +75,7 @@ class DetectParams:
     def __post_init__(self) -> None:
         WindowSpec(self.window_s, self.hop_s)  # validates
         if not 0.0 <= self.min_conf <= 1.0:
-            raise ValueError(f"min-conf must be between 0 and 1, got {self.min_conf}")
+            raise OptionError(f"min-conf must be between 0 and 1, got {self.min_conf}")
 
     @property
     def spec(self) -> WindowSpec:

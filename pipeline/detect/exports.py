@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from scatterbird.errors import OptionError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
 
@@ -58,7 +59,7 @@ def parse_formats(text: str | Sequence[str] | None) -> list[str]:
         return list(FORMATS)
     unknown = sorted(set(items) - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)} or all")
+        raise OptionError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)} or all")
     return [f for f in FORMATS if f in items]
 
 

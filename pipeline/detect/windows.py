@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from scatterbird.errors import OptionError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.scattering import Scattergram
 
@@ -113,11 +114,11 @@ class WindowSpec:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window_s) and self.window_s > 0):
-            raise ValueError(f"window must be > 0 seconds, got {self.window_s}")
+            raise OptionError(f"window must be > 0 seconds, got {self.window_s}")
         if not (math.isfinite(self.hop_s) and self.hop_s > 0):
-            raise ValueError(f"hop must be > 0 seconds, got {self.hop_s}")
+            raise OptionError(f"hop must be > 0 seconds, got {self.hop_s}")
         if self.hop_s > self.window_s:
-            raise ValueError(
+            raise OptionError(
                 f"hop ({self.hop_s} s) must not exceed the window ({self.window_s} s): "
                 "the audio between windows would never be scored"
             )
