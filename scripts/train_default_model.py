@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from scatterbird.models.registry import build_detector
-    from scatterbird.pipeline.evaluate.run import compute_sequences, crossval
+    from scatterbird.pipeline.clip_features import compute_sequences
+    from scatterbird.pipeline.evaluate.run import crossval
 
     torch.set_num_threads(1)
     work = Path(args.workdir).expanduser()

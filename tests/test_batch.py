@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,14 @@ def test_local_worker_processes_give_the_rows_of_the_serial_run(model, recording
     summary = run_detect([folder], tmp_path / "out", model_path=model, params=PARAMS, workers=2)
     assert summary.done == len(SPECS) and not summary.failed
     assert_same_rows(rows(tmp_path / "out"), rows(reference[0]), atol=1e-6)
+
+
+def test_a_job_that_raises_is_recorded_as_the_files_failure():
+    died = batch._failed("/r/a.wav", BrokenProcessPool("gone"), None)
+    assert died.status == "failed" and died.error.startswith("a worker process died while this file was in flight")
+    lost = batch._failed("/r/a.wav", RuntimeError("worker lost"), "tcp://127.0.0.1:8786")
+    assert lost.error == "the cluster could not process it (RuntimeError: worker lost)"
+    assert batch._failed("/r/a.wav", KeyError("k"), None).error == "processing error (KeyError: 'k')"
 
 
 def test_shards_are_deterministic_and_from_slurm():

@@ -13,11 +13,12 @@ import pytest
 from scatterbird.cli import EXIT_OK, EXIT_USAGE, main
 from scatterbird.data.manifest import write_challenge_like
 from scatterbird.errors import DatasetError
+from scatterbird.pipeline.clip_features import compute_sequences
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
 from scatterbird.pipeline.evaluate.metrics import harmonic_mean
 from scatterbird.pipeline.evaluate.results import DatasetResult, metrics_for, worst_clips
-from scatterbird.pipeline.evaluate.run import compute_sequences, crossval, evaluate
+from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from simple_detector import SimpleDetector
 from test_datasets import _touch_wavs, _write_csv
 from test_metrics import pairwise_auc

@@ -13,7 +13,8 @@ import soundfile as sf
 
 import cli
 from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.pipeline.frontend.features import load_scattergram
+from scatterbird.pipeline.frontend.features import extract_features, load_scattergram
+from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.frontend.scattering import Scattering
 from scatterbird.version import __version__
 
@@ -88,3 +89,16 @@ def test_cli_help_from_a_checkout_and_bad_option():
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "features", "x", "-o", "y", "--threshold", "magic"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--threshold" in r.stderr and "magic" in r.stderr
+
+
+def test_features_on_two_workers_write_what_one_process_writes(tmp_path):
+    d = _mixed_folder(tmp_path)
+    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="none")
+    files = find_audio([d]).with_roots()
+    one = extract_features(files, tmp_path / "one", config, progress=False)
+    two = extract_features(files, tmp_path / "two", config, progress=False, workers=2)
+    assert [Path(o).name for _, o in two.done] == [Path(o).name for _, o in one.done] and len(one.done) == 2
+    assert two.failed == one.failed and len(one.failed) == 4
+    for _, out in one.done:
+        a, b = load_scattergram(out), load_scattergram(tmp_path / "two" / Path(out).name)
+        np.testing.assert_allclose(a.S, b.S, rtol=1e-5, atol=1e-5)  # one torch thread per worker: float32 rounding

@@ -16,6 +16,7 @@ from scatterbird.errors import DatasetError, DetectorError
 from scatterbird.models.registry import build_detector, load_detector
 from scatterbird.models.inversion import InversionDetector
 from scatterbird.models.rntk import RNTKClassifier
+from scatterbird.pipeline import clip_features
 from scatterbird.pipeline.train import training
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import load_dataset, read_labels
@@ -202,17 +203,17 @@ def test_cache_is_keyed_by_config_and_file(dataset, warm, tmp_path):
     # Another configuration does not reuse the features of the first.
     pooled = CONFIG.replace(pool_s=0.5)
     clips = [sorted((dataset / "bad" / "wav").glob("*.wav"))[0]]
-    fs = training.compute_features(clips, pooled, training.FeatureCache(cache, pooled), progress=False)
+    fs = clip_features.compute_features(clips, pooled, clip_features.FeatureCache(cache, pooled), progress=False)
     assert fs.sequences[0][0].shape == (4, 63)  # 2 s in steps of 0.5 s
-    c = training.FeatureCache(cache, CONFIG)
-    training.compute_features(clips, CONFIG, c, progress=False)
+    c = clip_features.FeatureCache(cache, CONFIG)
+    clip_features.compute_features(clips, CONFIG, c, progress=False)
     assert (c.hits, c.misses) == (1, 0)
     # A changed recording is recomputed.
-    c = training.FeatureCache(cache, CONFIG)
-    training.compute_features([wav], CONFIG, c, progress=False)
+    c = clip_features.FeatureCache(cache, CONFIG)
+    clip_features.compute_features([wav], CONFIG, c, progress=False)
     st = os.stat(wav)
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    training.compute_features([wav], CONFIG, c, progress=False)
+    clip_features.compute_features([wav], CONFIG, c, progress=False)
     assert (c.hits, c.misses) == (0, 2)
 
 

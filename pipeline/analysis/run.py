@@ -38,7 +38,16 @@ from scatterbird.models.spline.network import PointwiseHandler, SplineNet, handl
 from scatterbird.models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
 from scatterbird.models.spline.rugosity import jacobian_norm, tangent_rugosity
 from scatterbird.errors import AnalysisError, DatasetError
+from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.pipeline import datasets
+from scatterbird.pipeline.analysis.report import write_report
+from scatterbird.pipeline.clip_features import FeatureCache, compute_features
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.detect.windows import pool_sequence
+from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
+from scatterbird.pipeline.frontend.features import load_scattergram, scattering_for
+from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.train.training import default_cache_dir
 
 STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
 
@@ -547,19 +556,12 @@ def load_clips(
     extensions : sequence of str, optional
         Extensions looked for in directories (default: audio and ``.npz``).
     cache_dir : path, optional
-        Feature cache folder (:class:`pipeline.training.FeatureCache`); None computes without caching.
+        Feature cache folder (:class:`pipeline.clip_features.FeatureCache`); None computes without caching.
     limit : int, optional
         Use at most this many files.
     progress : bool
         Progress bar on stderr while features are computed.
     """
-    from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
-    from scatterbird.pipeline.frontend.features import load_scattergram
-    from scatterbird.pipeline.frontend.inputs import find_audio
-    from scatterbird.pipeline.frontend.scattering import Scattering
-    from scatterbird.pipeline.detect.windows import pool_sequence
-    from scatterbird.pipeline.train.training import FeatureCache, compute_features
-
     exts = list(extensions) if extensions else [*AUDIO_EXTENSIONS, ".npz"]
     scan = find_audio(list(inputs), exts)
     files = [Path(p) for p in scan.files[: limit or None]]
@@ -569,9 +571,9 @@ def load_clips(
     found: dict[Path, np.ndarray] = {}
     audio = [p for p in files if p.suffix.lower() != ".npz"]
     if audio:
-        scattering = Scattering(config)
+        scattering = scattering_for(config)  # the instance the features are computed with in this process
         clips.order, clips.frequency, clips.frequency2 = scattering.order, scattering.frequency, scattering.frequency2
-        fs = compute_features(audio, config, FeatureCache(cache_dir, config), progress=progress, scattering=scattering)
+        fs = compute_features(audio, config, FeatureCache(cache_dir, config), progress=progress)
         clips.problems.extend(fs.failed)
         found.update({p: seqs[0] for p, seqs in zip(fs.paths, fs.sequences)})
     for p in files:
@@ -632,12 +634,6 @@ def analyze_inputs(
     clips : ClipSet
         With ``problems``: inputs that could not be used.
     """
-    from scatterbird.models.registry import default_model_path, load_detector
-    from scatterbird.pipeline.config import FeatureConfig
-    from scatterbird.pipeline.train.training import default_cache_dir
-
-    from scatterbird.pipeline.analysis.report import write_report
-
     det = load_detector(model_path)
     model_path = Path(model_path) if model_path is not None else default_model_path()
     config = det.feature_config or FeatureConfig()

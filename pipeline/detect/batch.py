@@ -10,11 +10,13 @@ done, runs the per-file work in one of three ways, and alone writes each result 
 transaction per file:
 
 * in this process (``workers=1``);
-* on ``workers`` local worker processes (``concurrent.futures`` with the ``spawn`` start method, each worker
-  loading the model once and using one torch thread, so N workers use N cores);
-* on an existing Dask distributed cluster (``scheduler="tcp://host:8786"``): the same function, submitted with
-  a ``distributed.Client``; the model file's bytes are broadcast to the workers once. The recordings must be
-  readable at the same paths on the workers (a shared file system).
+* on ``workers`` local worker processes, each loading the model once and using one torch thread, so N
+  workers use N cores; a worker that dies fails the files it had in flight, and the batch goes on;
+* on an existing Dask distributed cluster (``scheduler="tcp://host:8786"``): the same function; the model
+  file's bytes go to each worker once. The recordings must be readable at the same paths on the workers
+  (a shared file system).
+
+All three are the executors of :mod:`pipeline.executor`.
 
 ``shard=(i, N)`` keeps the files whose path hashes to shard ``i`` of ``N`` (1-based), so N independent jobs
 (e.g. a SLURM array) split a collection without talking to each other; each writes its own store, and
@@ -29,20 +31,22 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from scatterbird.version import __version__
-from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
+from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.executor import one_torch_thread, open_executor, run_each, worker_died
+from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.detect.exports import export_run
 from scatterbird.pipeline.detect.memory import release_free_memory
-from scatterbird.pipeline.frontend.scattering import Scattering
 from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
 from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 from scatterbird.errors import BatchError, OptionError
@@ -83,17 +87,6 @@ class DetectParams:
 
 
 # -- the per-file work --------------------------------------------------------------------------------
-_SCATTERING: dict[str, Scattering] = {}
-
-
-def _scattering(config: FeatureConfig) -> Scattering:
-    """One Scattering per configuration and process (its filter banks are cached on it)."""
-    sc = _SCATTERING.get(config.hash)
-    if sc is None:
-        sc = _SCATTERING[config.hash] = Scattering(config)
-    return sc
-
-
 def detect_file(
     path: str | os.PathLike,
     detector: Any,
@@ -127,7 +120,7 @@ def detect_file(
         config: FeatureConfig = detector.feature_config
         stream = stream_audio(path, config.sample_rate)
         res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
-        chunks = _scattering(config).stream(stream)
+        chunks = scattering_for(config).stream(stream)
         rows: list[tuple[float, float]] = []
         scores: list[np.ndarray] = []
         pending: list[np.ndarray] = []
@@ -193,10 +186,12 @@ _MODELS: dict[str, Any] = {}
 
 
 def _load_ref(ref: ModelRef) -> Any:
-    """The model of ``ref``, loaded once per process."""
+    """The model of ``ref``, loaded once per process (the worker initializer loads it first)."""
     det = _MODELS.get(ref.model_hash)
     if det is not None:
         return det
+    if ref.data is None and ref.path is None:
+        raise BatchError(f"model {ref.model_hash} was not loaded on this worker")
     if ref.module and ref.module not in sys.modules:
         importlib.import_module(ref.module)
     if ref.data is not None:
@@ -210,22 +205,9 @@ def _load_ref(ref: ModelRef) -> Any:
     return det
 
 
-def _one_thread() -> None:
-    # N workers on N cores: one torch (intra-op) thread each, no oversubscription.
-    import torch
-
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-
-
-def _worker_init(ref: ModelRef) -> None:
-    _one_thread()
-    _load_ref(ref)
-
-
 def worker_detect(path: str, ref: ModelRef, params: DetectParams) -> FileResult:
     """The per-file work as a worker runs it: the model from ``ref`` (cached), one torch thread."""
-    _one_thread()
+    one_torch_thread()  # also on the thread a Dask worker runs the job on
     return detect_file(path, _load_ref(ref), params)
 
 
@@ -330,91 +312,13 @@ def load_model_for_run(model_path: str | os.PathLike | None) -> tuple[Any, Path]
     return det, path
 
 
-def _results_serial(
-    todo: Sequence[str], det: Any, params: DetectParams, progress: Callable[[str, float], None]
-) -> Iterator[FileResult]:
-    for p in todo:
-        yield detect_file(p, det, params, progress=lambda s, p=p: progress(p, s))
-
-
-def _results_local(todo: Sequence[str], ref: ModelRef, params: DetectParams, workers: int) -> Iterator[FileResult]:
-    """Results from local worker processes, as they complete; at most 2 files per worker in flight."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    queue = list(reversed(todo))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(ref,))
-    running: dict[Future, str] = {}
-    try:
-        while queue or running:
-            while queue and len(running) < 2 * workers:
-                p = queue.pop()
-                running[pool.submit(worker_detect, p, ref, params)] = p
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in finished:
-                p = running.pop(fut)
-                try:
-                    yield fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    yield _crashed(p)
-            if broken:
-                # The pool is unusable; every file in flight is lost with it. Record them (a rerun retries
-                # failed files) and go on with a fresh pool.
-                for fut, p in running.items():
-                    yield _crashed(p)
-                running.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = ProcessPoolExecutor(
-                    max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(ref,)
-                )
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _crashed(path: str) -> FileResult:
-    return FileResult(
-        path=path, size=None, mtime_ns=None, status="failed",
-        error="a worker process died while this file was in flight (crash or out of memory); rerun to retry",
-    )
-
-
-def _results_dask(todo: Sequence[str], ref: ModelRef, params: DetectParams, address: str) -> Iterator[FileResult]:
-    """Results from a Dask cluster, as they complete; a bounded number of files in flight."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise BatchError(
-            "--scheduler needs Dask distributed: pip install 'scatterbird[cluster]'"
-        ) from None
-    client = Client(address, set_as_default=False)
-    try:
-        client.wait_for_workers(1, timeout=120)
-        n_threads = max(1, sum(client.nthreads().values()))
-        ref_f = client.scatter(ref, broadcast=True)  # the model travels to each worker once
-        queue = list(reversed(todo))
-        paths: dict[str, str] = {}
-
-        def submit() -> Any:
-            p = queue.pop()
-            fut = client.submit(worker_detect, p, ref_f, params, pure=False)
-            paths[fut.key] = p
-            return fut
-
-        ac = as_completed([submit() for _ in range(min(len(queue), 2 * n_threads))], loop=client.loop)
-        for fut in ac:
-            p = paths.pop(fut.key)
-            try:
-                yield fut.result()
-            except Exception as exc:  # e.g. KilledWorker: the file took workers down with it
-                yield FileResult(path=p, size=None, mtime_ns=None, status="failed",
-                                 error=f"the cluster could not process it ({type(exc).__name__}: {exc})")
-            fut.release()
-            if queue:
-                ac.add(submit())
-    finally:
-        client.close()
+def _failed(path: str, error: BaseException, scheduler: str | None) -> FileResult:
+    """The result of a file whose job raised (worker_detect itself never raises for a bad recording)."""
+    if scheduler and not worker_died(error):  # e.g. KilledWorker: the file took workers down with it
+        reason = f"the cluster could not process it ({type(error).__name__}: {error})"
+    else:
+        reason = failure_reason(error)
+    return FileResult(path=path, size=None, mtime_ns=None, status="failed", error=reason)
 
 
 def run_detect(
@@ -464,10 +368,6 @@ def run_detect(
     -------
     DetectSummary
     """
-    from tqdm import tqdm
-
-    from scatterbird.pipeline.frontend.audio import audio_info
-
     t0 = time.perf_counter()
     if workers < 1:
         raise BatchError(f"--workers must be >= 1, got {workers}")
@@ -547,18 +447,7 @@ def run_detect(
                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]")
         bar.set_postfix_str(f"files 0/{len(todo)}")
 
-        if not todo:
-            results: Iterator[FileResult] = iter(())
-        elif scheduler:
-            ref = ModelRef(det.model_hash, type(det).__module__, data=mpath.read_bytes())
-            results = _results_dask(todo, ref, params, scheduler)
-        elif workers > 1:
-            ref = ModelRef(det.model_hash, type(det).__module__, path=str(mpath.resolve()))
-            results = _results_local(todo, ref, params, workers)
-        else:
-            results = _results_serial(todo, det, params, lambda p, s: advance(p, s / 3600))
         shown: dict[str, float] = {}  # hours of each file already shown on the bar
-
         cap_h = {str(f): d / 3600 for f, d in durations.items()}
 
         def advance(path: str, hours: float) -> None:
@@ -569,28 +458,36 @@ def run_detect(
                 shown[path] = hours
                 bar.update(step)
 
+        # Workers load the model once (from the shared file, or from its bytes sent to each Dask worker);
+        # in this process the detector already loaded scores the files, advancing the bar within each.
+        ref = ModelRef(det.model_hash, type(det).__module__, path=None if scheduler else str(mpath.resolve()),
+                       data=mpath.read_bytes() if scheduler else None)
+        if scheduler or workers > 1:
+            job: Callable[[str], FileResult] = partial(worker_detect, ref=replace(ref, data=None), params=params)
+        else:
+            def job(p: str) -> FileResult:
+                return detect_file(p, det, params, progress=lambda s: advance(p, s / 3600))
+
         n_seen = 0
         try:
-            for res in results:
-                store.write_file(run.id, res)  # the driver alone writes; one transaction per file
-                n_seen += 1
-                if res.status == "done":
-                    summary.done += 1
-                    summary.audio_s += res.duration_s or 0.0
-                else:
-                    summary.failed.append((res.path, res.error or "unknown error"))
-                advance(res.path, durations.get(res.path, 0.0) / 3600)
-                bar.set_postfix_str(f"files {n_seen}/{len(todo)}, failed {len(summary.failed)}")
+            with open_executor(workers if todo else 1, scheduler if todo else None, _load_ref, (ref,)) as ex:
+                for path, res, error in run_each(ex, job, todo):
+                    if error is not None:
+                        res = _failed(path, error, scheduler)
+                    store.write_file(run.id, res)  # the driver alone writes; one transaction per file
+                    n_seen += 1
+                    if res.status == "done":
+                        summary.done += 1
+                        summary.audio_s += res.duration_s or 0.0
+                    else:
+                        summary.failed.append((res.path, res.error or "unknown error"))
+                    advance(res.path, durations.get(res.path, 0.0) / 3600)
+                    bar.set_postfix_str(f"files {n_seen}/{len(todo)}, failed {len(summary.failed)}")
         finally:
-            bar.close()
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # shut worker pools / cluster clients down, also on Ctrl-C
+            bar.close()  # the executor is shut down (jobs cancelled) first, also on Ctrl-C
         store.finish_run(run.id)
         summary.run = store.run(run.id)
         if formats and shard is None:
-            from scatterbird.pipeline.detect.exports import export_run
-
             summary.exported = export_run(store, run.id, out, formats)
     summary.wall_s = time.perf_counter() - t0
     return summary

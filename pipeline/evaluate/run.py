@@ -6,7 +6,7 @@ and write its files (:mod:`pipeline.evaluate.outputs`, :mod:`pipeline.evaluate.r
 :mod:`pipeline.datasets`; the metrics from :mod:`pipeline.evaluate.metrics`.
 
 A clip is one sequence for the detector, computed and cached exactly as ``scatterbird train`` does
-(:func:`pipeline.train.training.compute_features`: the whole scattergram pooled to ``FeatureConfig.pool_s``;
+(:func:`pipeline.clip_features.compute_sequences`: the whole scattergram pooled to ``FeatureConfig.pool_s``;
 the cache is keyed by the feature-config hash and the file's path, size and modification time).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from scatterbird.errors import AudioError, DatasetError, FeatureConfigMismatch
 from scatterbird.models.registry import describe_model, load_detector
+from scatterbird.pipeline.clip_features import clip_scattergram, compute_sequences
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, check_distinct_names
 from scatterbird.pipeline.evaluate.outputs import write_outputs
@@ -37,95 +38,9 @@ def load_model(path: str | os.PathLike | None):
     return load_detector(path), describe_model(path)
 
 
-
 # =====================================================================================================
-# Features and scoring
+# Scoring
 # =====================================================================================================
-def clip_scattergram(path: str | os.PathLike, config: FeatureConfig):
-    """The whole-clip :class:`~pipeline.scattering.Scattergram` of one recording (raises AudioError)."""
-    from scatterbird.pipeline.frontend.scattering import scatter_file
-    from scatterbird.pipeline.train.training import _scattering
-
-    return scatter_file(path, scattering=_scattering(config))
-
-
-def _features_job(args: tuple[list[str], str, str | None]) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-    """Worker: the features of a few clips through the training pipeline (and its cache)."""
-    from scatterbird.pipeline.train.training import FeatureCache, compute_features
-
-    paths, config_json, cache = args
-    config = FeatureConfig.from_json(config_json)
-    fs = compute_features([Path(p) for p in paths], config, FeatureCache(cache, config), progress=False)
-    return {str(p): s[0] for p, s in zip(fs.paths, fs.sequences)}, fs.failed
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # N workers use N cores, not N x all
-
-
-def compute_sequences(
-    clips: Sequence[Clip],
-    config: FeatureConfig,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int = 1,
-    progress: bool = True,
-    desc: str = "features",
-) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Detector inputs of many clips; an unreadable clip gives ``None`` and its reason, never an exception.
-
-    The features are those ``scatterbird train`` computes (:func:`pipeline.training.compute_features`: the
-    whole clip scattered and pooled to ``config.pool_s``), through the same on-disk cache, so a model is
-    evaluated on exactly what it was trained on, and a dataset used for training and evaluation is
-    scattered once.
-
-    Parameters
-    ----------
-    clips : sequence of Clip
-    config : FeatureConfig
-    cache_dir : path, optional
-        Feature cache root (:class:`pipeline.training.FeatureCache`); None: no cache.
-    workers : int
-        Local worker processes (spawned, one torch thread each).
-    progress : bool
-        A tqdm bar on stderr.
-
-    Returns
-    -------
-    (sequences, reasons) : two lists aligned with ``clips``
-    """
-    from tqdm import tqdm
-
-    paths = [str(c.path) for c in clips]
-    cache = str(cache_dir) if cache_dir is not None else None
-    step = 16 if workers > 1 else 1  # small jobs: a steady progress bar, little lost to an uneven split
-    jobs = [(paths[i : i + step], config.to_json(), cache) for i in range(0, len(paths), step)]
-    found: dict[str, np.ndarray] = {}
-    failed: dict[str, str] = {}
-    bar = tqdm(total=len(paths), desc=desc, disable=not progress, unit="clip")
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
-            for (ok, bad), job in zip(ex.map(_features_job, jobs), jobs):
-                found.update(ok)
-                failed.update(bad)
-                bar.update(len(job[0]))
-    else:
-        for job in jobs:
-            ok, bad = _features_job(job)
-            found.update(ok)
-            failed.update(bad)
-            bar.update(len(job[0]))
-    bar.close()
-    seqs = [found.get(p) for p in paths]
-    reasons = [None if s is not None else failed.get(p, "features could not be computed") for p, s in zip(paths, seqs)]
-    return seqs, reasons
-
-
 def score_sequences(detector, sequences: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
     """``detector.predict_proba`` in batches (bounds the memory of kernel detectors), as float64."""
     out = [np.asarray(detector.predict_proba(list(sequences[i : i + batch])), dtype=np.float64) for i in range(0, len(sequences), batch)]

@@ -10,17 +10,17 @@ training starts:
    other labelled clips join the unlabelled set with their labels hidden.
 3. **Unlabelled recordings** of any length are cut into windows exactly as detection cuts them
    (:func:`pipeline.segments.iter_windows`), so the network trains on what it will later score.
-4. **Features** go through the pipeline (streamed audio -> scattering -> pooling) and are cached on disk
-   under ``CACHE/<feature-config hash>/``, one file per recording, keyed by the recording's absolute path,
-   size and modification time (and the window spec for unlabelled ones): a second run recomputes nothing,
-   and an edited recording or another configuration never reuses stale features.
+4. **Features** go through the pipeline (streamed audio -> scattering -> pooling) by
+   :mod:`pipeline.clip_features`, in this process, on local workers or on a Dask cluster, and are cached on
+   disk under ``CACHE/<feature-config hash>/``, keyed by the recording's absolute path, size and
+   modification time (and the window spec for unlabelled ones): a second run recomputes nothing, and an
+   edited recording or another configuration never reuses stale features.
 5. **The detector** is built by name from the registry of :class:`models.base.Detector` subclasses
    (``inversion``, ``rntk``, ...), fitted, given the feature configuration, and saved.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -30,12 +30,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
+from scatterbird.pipeline.clip_features import FeatureCache, compute_features
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
 from scatterbird.pipeline.frontend.inputs import find_audio
-from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
-from scatterbird.pipeline.detect.windows import WindowSpec, iter_windows, pool_sequence
+from scatterbird.pipeline.detect.windows import WindowSpec
 from scatterbird.errors import DatasetError, TrainingError
 from scatterbird.models.registry import available_detectors, build_detector
 
@@ -91,148 +90,6 @@ def find_unlabelled(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return scan.files
 
 
-# -- features and their cache ----------------------------------------------------------------------------
-class FeatureCache:
-    """Sequences per recording on disk, under ``ROOT/<config hash>/<key>.npz``.
-
-    The key hashes the recording's absolute path, size and modification time, and what is cut from it
-    (the whole clip, or windows of a given length and hop). Files are plain ``.npz`` (no pickle).
-
-    Parameters
-    ----------
-    root : path or None
-        Cache folder (created); None disables caching.
-    config : FeatureConfig
-    """
-
-    def __init__(self, root: str | os.PathLike | None, config: FeatureConfig) -> None:
-        self.config = config
-        self.dir = Path(root) / config.hash if root is not None else None
-        self.hits = 0
-        self.misses = 0
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            info = self.dir / "config.json"
-            if not info.exists():
-                info.write_text(config.to_json() + "\n")
-
-    def key(self, path: Path, cut: str) -> str:
-        st = path.stat()
-        ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "cut": cut}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-
-    def get(self, path: Path, cut: str) -> list[np.ndarray] | None:
-        if self.dir is None:
-            return None
-        f = self.dir / f"{self.key(path, cut)}.npz"
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                frames, bounds = z["frames"], z["bounds"]
-        except (OSError, KeyError, ValueError):  # absent or damaged: recompute
-            return None
-        self.hits += 1
-        return [frames[a:b] for a, b in bounds]
-
-    def put(self, path: Path, cut: str, seqs: Sequence[np.ndarray]) -> None:
-        if self.dir is None:
-            return
-        ends = np.cumsum([s.shape[0] for s in seqs])
-        bounds = np.stack([ends - [s.shape[0] for s in seqs], ends], axis=1)
-        f = self.dir / f"{self.key(path, cut)}.npz"
-        tmp = Path(f"{f}.tmp.npz")
-        np.savez(tmp, frames=np.concatenate(seqs).astype(np.float32), bounds=bounds, source=np.str_(path))
-        os.replace(tmp, f)  # a crash never leaves a half-written entry under the real name
-
-
-def clip_sequence(path: Path, config: FeatureConfig, scattering: Scattering) -> np.ndarray:
-    """A whole labelled clip as one (n_steps, n_channels) sequence (pooled to ``config.pool_s``)."""
-    sg = scatter_file(path, scattering=scattering)
-    return pool_sequence(np.ascontiguousarray(sg.S.T), sg.frame_rate, config.pool_s)
-
-
-def window_sequences(path: Path, config: FeatureConfig, scattering: Scattering, spec: WindowSpec) -> list[np.ndarray]:
-    """A recording of any length cut into the windows detection would score."""
-    stream = stream_audio(path, config.sample_rate)
-    chunks = scattering.stream(stream)
-    return [w.frames for w in iter_windows(chunks, config, spec, lambda: stream.samples_out)]
-
-
-_SCATTERING: dict[str, Scattering] = {}
-
-
-def _scattering(config: FeatureConfig) -> Scattering:
-    """One front end per configuration and process: building its filters takes seconds."""
-    if config.hash not in _SCATTERING:
-        _SCATTERING[config.hash] = Scattering(config)
-    return _SCATTERING[config.hash]
-
-
-@dataclass
-class FeatureSet:
-    """Sequences of many recordings: ``sequences[i]`` holds the windows of ``paths[i]`` (one for a clip)."""
-
-    paths: list[Path] = field(default_factory=list)
-    sequences: list[list[np.ndarray]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def compute_features(
-    paths: Sequence[Path],
-    config: FeatureConfig,
-    cache: FeatureCache,
-    *,
-    windows: WindowSpec | None = None,
-    desc: str = "features",
-    progress: bool = True,
-    scattering: Scattering | None = None,
-) -> FeatureSet:
-    """Features of every recording, from the cache when there; unreadable recordings are recorded, not raised.
-
-    Parameters
-    ----------
-    paths : sequence of Path
-    config : FeatureConfig
-    cache : FeatureCache
-    windows : WindowSpec, optional
-        Cut each recording into these windows; None keeps each whole (a labelled clip).
-    desc : str
-        Progress bar label.
-    progress : bool
-        Show a progress bar (tqdm) on stderr.
-    scattering : Scattering, optional
-        Front end to use; default: one per configuration and process, built at the first cache miss.
-    """
-    from tqdm import tqdm
-
-    cut = "clip" if windows is None else f"windows:{windows.window_s}:{windows.hop_s}"
-    sc = scattering
-    out = FeatureSet()
-    for path in tqdm(paths, desc=desc, unit="file", disable=not progress, leave=False):
-        try:
-            seqs = cache.get(path, cut)
-        except OSError as exc:  # the file vanished or cannot be stat'ed since it was found
-            out.failed.append((str(path), f"cannot be read ({exc.strerror or exc})"))
-            continue
-        if seqs is None:
-            sc = sc or _scattering(config)
-            try:
-                if windows is None:
-                    seqs = [clip_sequence(path, config, sc)]
-                else:
-                    seqs = window_sequences(path, config, sc, windows)
-            except AudioError as exc:
-                out.failed.append((str(path), exc.reason))
-                continue
-            except ValueError as exc:  # e.g. a recording too short for one frame
-                out.failed.append((str(path), str(exc)))
-                continue
-            cache.misses += 1
-            cache.put(path, cut, seqs)
-        out.paths.append(path)
-        out.sequences.append(seqs)
-    return out
-
-
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to a dict; values are read as JSON when they parse, else kept as strings."""
     out: dict[str, Any] = {}
@@ -276,6 +133,8 @@ def prepare_training_data(
     window_s: float = 10.0,
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> TrainingData:
     """Validate the inputs, then compute (or read back) the features of every recording.
 
@@ -298,6 +157,8 @@ def prepare_training_data(
     seed : int
         Seeds the choice of kept labels.
     progress : bool
+    workers, scheduler
+        Where the features are computed (:func:`pipeline.executor.open_executor`).
 
     Raises
     ------
@@ -327,11 +188,10 @@ def prepare_training_data(
     unlab_files = [f for f in unlab_files if f.resolve() not in labelled_paths]  # never train on a clip twice
 
     cache = FeatureCache(cache_dir, config)
-    lab = compute_features([c.path for c in kept], config, cache, desc="labelled", progress=progress)
-    hid = compute_features([c.path for c in hidden], config, cache, desc="hidden-label", progress=progress)
-    unl = compute_features(
-        unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabelled", progress=progress
-    )
+    run = {"workers": workers, "scheduler": scheduler, "progress": progress}
+    lab = compute_features([c.path for c in kept], config, cache, desc="labelled", **run)
+    hid = compute_features([c.path for c in hidden], config, cache, desc="hidden-label", **run)
+    unl = compute_features(unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabelled", **run)
     ok = {p: s[0] for p, s in zip(lab.paths, lab.sequences)}
     used = [c for c in kept if c.path in ok]
     if not used:
