@@ -34,23 +34,23 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from scatterbird.version import __version__
-from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
-from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.pipeline.executor import one_torch_thread, open_executor, run_each, worker_died
-from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
-from scatterbird.pipeline.frontend.inputs import find_audio
-from scatterbird.pipeline.detect.exports import export_run
-from scatterbird.pipeline.detect.memory import release_free_memory
-from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
-from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 from scatterbird.errors import BatchError, OptionError
 from scatterbird.models.registry import default_model_path, load_detector
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.detect.exports import export_run
+from scatterbird.pipeline.detect.memory import release_free_memory
+from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
+from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
+from scatterbird.pipeline.executor import one_torch_thread, open_executor, run_each, worker_died
+from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
+from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
+from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.version import __version__
 
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
 SCORE_BATCH = 8
@@ -87,6 +87,67 @@ class DetectParams:
 
 
 # -- the per-file work --------------------------------------------------------------------------------
+def score_blocks(
+    blocks: Iterable[np.ndarray],
+    total_samples: Callable[[], int],
+    detector: Any,
+    params: DetectParams,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every window of one recording given as mono blocks at the detector's sample rate.
+
+    Parameters
+    ----------
+    blocks : iterable of ndarray
+        Consecutive float32 mono blocks (an audio stream, or one in-memory array).
+    total_samples : callable
+        Returns the recording's length in samples; asked once the blocks are exhausted.
+    detector : Detector
+        Fitted, with its ``feature_config``.
+    params : DetectParams
+    progress : callable, optional
+        Called with the seconds of audio scored so far.
+
+    Returns
+    -------
+    windows : ndarray, float64, shape (n_windows, 3)
+        ``start_s, end_s, score``.
+    events : ndarray, float64, shape (n_events, 4)
+        ``start_s, end_s, peak_score, peak_s``.
+    """
+    config: FeatureConfig = detector.feature_config
+    chunks = scattering_for(config).stream(blocks)
+    rows: list[tuple[float, float]] = []
+    scores: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    released_at = 0.0
+
+    def score() -> None:
+        p = np.asarray(detector.predict_proba(pending), dtype=np.float64).reshape(-1)
+        if p.shape != (len(pending),) or not np.isfinite(p).all():
+            raise ValueError(f"the detector returned {p.shape} scores (finite: {np.isfinite(p).all()}) "
+                             f"for {len(pending)} windows")
+        scores.append(p)
+        pending.clear()
+        nonlocal released_at
+        done_s = rows[-1][1]
+        if done_s - released_at >= RELEASE_EVERY_S:  # long files: keep the process from creeping up
+            release_free_memory()
+            released_at = done_s
+        if progress is not None:
+            progress(rows[-1][1])
+
+    for win in iter_windows(chunks, config, params.spec, total_samples):
+        rows.append((win.start_s, win.end_s))
+        pending.append(win.frames)
+        if len(pending) >= SCORE_BATCH:
+            score()
+    if pending:
+        score()
+    windows = np.column_stack([np.array(rows, dtype=np.float64).reshape(-1, 2), np.concatenate(scores)])
+    return windows, events_from_windows(windows, params.min_conf)
+
+
 def detect_file(
     path: str | os.PathLike,
     detector: Any,
@@ -120,37 +181,7 @@ def detect_file(
         config: FeatureConfig = detector.feature_config
         stream = stream_audio(path, config.sample_rate)
         res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
-        chunks = scattering_for(config).stream(stream)
-        rows: list[tuple[float, float]] = []
-        scores: list[np.ndarray] = []
-        pending: list[np.ndarray] = []
-        released_at = 0.0
-
-        def score() -> None:
-            p = np.asarray(detector.predict_proba(pending), dtype=np.float64).reshape(-1)
-            if p.shape != (len(pending),) or not np.isfinite(p).all():
-                raise ValueError(f"the detector returned {p.shape} scores (finite: {np.isfinite(p).all()}) "
-                                 f"for {len(pending)} windows")
-            scores.append(p)
-            pending.clear()
-            nonlocal released_at
-            done_s = rows[-1][1]
-            if done_s - released_at >= RELEASE_EVERY_S:  # long files: keep the process from creeping up
-                release_free_memory()
-                released_at = done_s
-            if progress is not None:
-                progress(rows[-1][1])
-
-        for win in iter_windows(chunks, config, params.spec, lambda: stream.samples_out):
-            rows.append((win.start_s, win.end_s))
-            pending.append(win.frames)
-            if len(pending) >= SCORE_BATCH:
-                score()
-        if pending:
-            score()
-        windows = np.column_stack([np.array(rows, dtype=np.float64).reshape(-1, 2), np.concatenate(scores)])
-        res.windows = windows
-        res.events = events_from_windows(windows, params.min_conf)
+        res.windows, res.events = score_blocks(stream, lambda: stream.samples_out, detector, params, progress)
         res.duration_s = stream.samples_out / config.sample_rate
         res.status = "done"
     except AudioError as exc:

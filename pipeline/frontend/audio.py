@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 import soxr
+
 from scatterbird.errors import AudioError
 
 #: File extensions the batch tools look for by default (libsndfile decodes all of them).
@@ -259,3 +260,39 @@ def load_audio(path: str | os.PathLike, sr: int = 22050) -> np.ndarray:
     """
     blocks = list(stream_audio(path, sr))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def mono_at_rate(samples: np.ndarray, sample_rate: int, sr: int) -> np.ndarray:
+    """An in-memory recording as the pipeline reads a file: mixed to mono and resampled to ``sr``.
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_samples,) or (n_samples, n_channels)
+        The audio, channels last (as soundfile returns it).
+    sample_rate : int
+        Its rate in Hz.
+    sr : int
+        The pipeline rate in Hz.
+
+    Returns
+    -------
+    ndarray, float32, shape (n_out,)
+
+    Raises
+    ------
+    AudioError
+        On an empty or non-finite array, a bad shape or rate, or fewer samples than the shortest usable file.
+    """
+    x = np.asarray(samples)
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise AudioError("<array>", f"expected samples of shape (n,) or (n, channels), got {x.shape}")
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise AudioError("<array>", f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+    mono = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x.astype(np.float32, copy=False)
+    if not np.isfinite(mono).all():
+        raise AudioError("<array>", f"NaN or infinite sample at sample {int(np.argmin(np.isfinite(mono)))}")
+    if mono.size < MIN_DURATION_S * sample_rate:
+        raise AudioError("<array>", f"too short: {mono.size} sample(s)")
+    if sample_rate == sr:
+        return np.ascontiguousarray(mono)
+    return np.ascontiguousarray(soxr.resample(mono, sample_rate, sr, quality="HQ"), dtype=np.float32)
