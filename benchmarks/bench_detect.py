@@ -102,9 +102,10 @@ def make_collection(folder: Path, hours: float, n_files: int = 12) -> float:
 
 
 def train_model(path: Path) -> None:
+    from simple_detector import SimpleDetector
+
     from scatterbird.data.synthetic import make_clip
     from scatterbird.pipeline.frontend.scattering import Scattering, concatenate
-    from simple_detector import SimpleDetector
 
     config = FeatureConfig()
     sc = Scattering(config)

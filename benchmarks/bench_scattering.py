@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from scatterbird.data.synthetic import make_clip  # noqa: E402
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
 from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402

@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from kymatio.scattering1d.filter_bank import periodize_filter_fourier  # noqa: E402
-
-from scatterbird.pipeline.frontend.bands import _run, band  # noqa: E402
-from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
-from scatterbird.pipeline.frontend.scattering import Scattering, modulus  # noqa: E402
 from test_scattering import birdish  # noqa: E402
+
+from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.pipeline.frontend.bands import _run, band  # noqa: E402
+from scatterbird.pipeline.frontend.scattering import Scattering, modulus  # noqa: E402
 
 
 def main() -> None:

@@ -37,12 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from scatterbird.data.synthetic import BACKGROUNDS, make_clip  # noqa: E402
 from scatterbird.models.inversion import InversionDetector  # noqa: E402
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
-from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402
 from scatterbird.pipeline.detect.windows import pool_sequence  # noqa: E402
+from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402
 
 VARIANTS = {
     "CE": {"entropy_weight": 0.0, "recon_scale": 0.0},

@@ -45,7 +45,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import DATA_DIR
+from scatterbird.data import DATA_DIR
+from scatterbird.data.synthetic import BACKGROUNDS, background, bird_call
 from scatterbird.errors import BootstrapError
 
 SOURCES_CSV = DATA_DIR / "bootstrap_sources.csv"
@@ -341,8 +342,6 @@ def mix_clip(
     opts: MixOptions,
 ) -> tuple[np.ndarray, ClipRecipe]:
     """One clip: background, then events at random times and SNRs (see the module docstring)."""
-    from .synthetic import BACKGROUNDS, background, bird_call
-
     n = int(round(opts.duration * sr))
     recipe = ClipRecipe(itemid, int(hasbird))
     kind = str(rng.choice(BACKGROUNDS))

@@ -9,7 +9,6 @@ says what they were trained on, how, and their leave-source-out validation AUC. 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from . import DATA_DIR

@@ -20,7 +20,11 @@ are matched loosely: any CSV in the folder with an ``itemid`` column is accepted
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
+
+from scatterbird.data.synthetic import write_dataset
 
 
 @dataclass(frozen=True)
@@ -244,11 +248,6 @@ def write_challenge_like(
     dict
         Dataset name -> its folder (a ``pathlib.Path``).
     """
-    import csv
-    from pathlib import Path
-
-    from .synthetic import write_dataset
-
     if n_clips < 2:
         raise ValueError(f"n_clips must be >= 2 (both classes), got {n_clips}")
     out: dict[str, object] = {}

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
+from scatterbird.errors import DetectorError
 from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.errors import DetectorError, FeatureConfigMismatch
 
 #: Hyperparameters that change how a detector reports, not what it computes.
 _NOT_HASHED = frozenset({"verbose", "progress", "n_jobs"})

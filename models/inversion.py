@@ -39,7 +39,15 @@ class TimePool(nn.Module):
 
     Both are piecewise affine (the mean is linear, the max routes to its argmax). With ``lengths`` only the
     first ``lengths[i]`` frames of item ``i`` count, so padded batches give each item its own result.
+    For the spline view (:mod:`scatterbird.models.spline.network`), the max half is one unit per channel whose
+    pieces are that channel's frames; the mean half is affine and carries no code.
     """
+
+    def spline_pieces(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # (B, C, T): C units, T pieces each
+
+    def spline_assemble(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(-1), units], dim=1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
@@ -56,6 +64,8 @@ class TimeCentre(nn.Module):
     A linear map (a projection), so the network stays piecewise affine. It removes each clip's overall level
     per band (background loudness and colour), leaving what changes within the clip, where calls are.
     """
+
+    spline_affine = True  # for the spline view: a linear map of its input
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:

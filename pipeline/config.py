@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
 from scatterbird.errors import ConfigError
 
 #: Bumped when the meaning of a field changes, so that old hashes never match new features (history:

@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from scatterbird.data.bootstrap import DEFAULT_WORKDIR, SOURCES_CSV, BootstrapError, MixOptions, build  # noqa: E402
 
 

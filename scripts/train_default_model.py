@@ -28,7 +28,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from scatterbird.data.bootstrap import DEFAULT_WORKDIR  # noqa: E402
 from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH  # noqa: E402
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402

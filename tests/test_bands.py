@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from scatterbird.pipeline.frontend.bands import FilterStack, band
-from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.pipeline.frontend.scattering import Scattering
-
 from kymatio.scattering1d.filter_bank import scattering_filter_factory
+
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.bands import FilterStack, band
+from scatterbird.pipeline.frontend.scattering import Scattering
 
 
 def full_fold(Y: np.ndarray, h: np.ndarray, d: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from simple_detector import FAST_CONFIG, SimpleDetector, train_simple_detector, write_recordings
 
 from scatterbird.errors import DetectorError
 from scatterbird.models import registry
@@ -26,10 +27,9 @@ from scatterbird.pipeline.detect.batch import (
     shard_of,
 )
 from scatterbird.pipeline.detect.exports import RAVEN_COLUMNS, export_names, export_run
-from scatterbird.pipeline.frontend.scattering import Scattering
-from scatterbird.pipeline.detect.windows import frame_range, plan_windows
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
-from simple_detector import FAST_CONFIG, SimpleDetector, train_simple_detector, write_recordings
+from scatterbird.pipeline.detect.windows import frame_range, plan_windows
+from scatterbird.pipeline.frontend.scattering import Scattering
 
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
 SR = FAST_CONFIG.sample_rate
@@ -150,9 +150,9 @@ def test_a_long_file_hands_free_memory_back_every_so_often(model, tmp_path, monk
 
 
 def test_release_free_memory_runs_here():
-    from scatterbird.pipeline.detect.memory import release_free_memory
-
     import platform
+
+    from scatterbird.pipeline.detect.memory import release_free_memory
 
     # glibc on Linux: the call exists and is made; elsewhere it is a no-op that says so
     assert release_free_memory() is (platform.libc_ver()[0] == "glibc")

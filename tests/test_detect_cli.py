@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from simple_detector import write_recordings
 
 import cli
 from scatterbird.models import registry
 from scatterbird.pipeline.detect import batch
 from scatterbird.pipeline.detect.batch import DetectParams, run_detect
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
-from simple_detector import write_recordings
 
 TESTS = Path(__file__).resolve().parent
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from simple_detector import SimpleDetector
+from test_datasets import _touch_wavs, _write_csv
+from test_metrics import pairwise_auc
 
 from scatterbird.cli import EXIT_OK, EXIT_USAGE, main
 from scatterbird.data.manifest import write_challenge_like
@@ -19,9 +22,6 @@ from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
 from scatterbird.pipeline.evaluate.metrics import harmonic_mean
 from scatterbird.pipeline.evaluate.results import DatasetResult, metrics_for, worst_clips
 from scatterbird.pipeline.evaluate.run import crossval, evaluate
-from simple_detector import SimpleDetector
-from test_datasets import _touch_wavs, _write_csv
-from test_metrics import pairwise_auc
 
 #: Fast features for the tests that do not need the pipeline's default configuration.
 FAST = FeatureConfig(sample_rate=8000, J=6, Q1=4, max_order=1, threshold="none")

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from detector_conformance import check_detector, easy_sequences
 from torch.autograd.functional import jacobian
 
 from scatterbird.models.base import DetectorError
@@ -19,7 +20,6 @@ from scatterbird.models.inversion import (
     layer_reconstructions,
     spec_loss_weights,
 )
-from detector_conformance import check_detector, easy_sequences
 
 torch.set_num_threads(1)
 
@@ -217,9 +217,10 @@ def test_not_fitted_and_bad_unlabelled():
 
 # -- training options from the spline analyses (orthogonality penalty, beta-VQ) ----------------------
 def test_ortho_penalty_option_lowers_template_overlap_of_the_readout():
+    from detector_conformance import easy_sequences
+
     from scatterbird.models.inversion import InversionDetector
     from scatterbird.models.spline.penalties import weight_overlap
-    from detector_conformance import easy_sequences
 
     seqs, y = easy_sequences(40, 12, seed=3)
     kw = dict(widths=(8, 8), max_epochs=4, steps_per_epoch=8, recon_scale=0.0, random_state=0)
@@ -245,9 +246,10 @@ def test_betavq_activation_at_beta_one_is_the_hard_network():
 
 
 def test_bad_ortho_variant_is_named():
+    from detector_conformance import easy_sequences
+
     from scatterbird.models.base import DetectorError
     from scatterbird.models.inversion import InversionDetector
-    from detector_conformance import easy_sequences
 
     seqs, y = easy_sequences(20, 12)
     with pytest.raises(DetectorError, match="ortho_variant"):

@@ -9,6 +9,7 @@ and a tiny detection with the bundled model.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,9 +30,14 @@ IMPOSTOR = "raise ImportError('this is the user folder\\'s own {name} package, n
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy: setuptools leaves build/lib behind, and a stale copy there would put files that
+    # the checkout no longer has into the wheel.
+    src = tmp_path_factory.mktemp("src") / "scatterbird"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "out", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache", ".cache"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
         check=True, capture_output=True, text=True, cwd=out,
     )
     (path,) = out.glob("scatterbird-*.whl")

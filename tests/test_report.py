@@ -11,14 +11,14 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import soundfile as sf
+from simple_detector import SimpleDetector
+from test_datasets import _touch_wavs, _write_csv
+from test_evaluate import FAST
 
 from scatterbird.data.manifest import write_challenge_like
 from scatterbird.pipeline.clip_features import compute_sequences
 from scatterbird.pipeline.datasets import load_dataset
 from scatterbird.pipeline.evaluate.run import evaluate
-from simple_detector import SimpleDetector
-from test_datasets import _touch_wavs, _write_csv
-from test_evaluate import FAST
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

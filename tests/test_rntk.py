@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from detector_conformance import check_detector, easy_sequences
 
 from scatterbird.models.base import DetectorError
-from scatterbird.models.rntk import RNTK, RNTKClassifier, VARIANTS, _nystroem_features, erf_dual, relu_dual
-from detector_conformance import check_detector, easy_sequences
+from scatterbird.models.rntk import RNTK, VARIANTS, RNTKClassifier, _nystroem_features, erf_dual, relu_dual
 
 
 # ------------------------------------------------------------------------------------------------

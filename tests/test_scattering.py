@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.pipeline.frontend.scattering import Scattering, concatenate, scatter_file
-
 # kymatio's own transform, imported through its 1-D frontend: the top-level kymatio.numpy/kymatio.torch
 # import the 3-D module, which breaks on SciPy >= 1.15.
 from kymatio.scattering1d.frontend.numpy_frontend import ScatteringNumPy1D
+
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.scattering import Scattering, concatenate, scatter_file
+
 
 def bank(**fields) -> FeatureConfig:
     """The scattering transform alone: thresholding (the default, tested in test_thresholding.py) off."""

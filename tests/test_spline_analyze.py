@@ -13,9 +13,9 @@ import torch
 
 import cli
 from scatterbird.data.synthetic import make_clip
-from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, ClipSet, run_analysis, spline_model
-from scatterbird.pipeline.analysis.report import FIGURES, write_report
 from scatterbird.models.spline.testing import random_inversion_net
+from scatterbird.pipeline.analysis.report import FIGURES, write_report
+from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, ClipSet, run_analysis, spline_model
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
 

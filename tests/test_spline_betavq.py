@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scatterbird.models.spline import BetaVQ, beta_sweep, binary_metrics, expected_calibration_error, soften, spline_view
+from scatterbird.models.spline import (
+    BetaVQ,
+    beta_sweep,
+    binary_metrics,
+    expected_calibration_error,
+    soften,
+    spline_view,
+)
 from scatterbird.models.spline.network import Abs
 from scatterbird.models.spline.testing import RANDOM_NETS, random_inversion_net
 

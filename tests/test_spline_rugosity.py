@@ -7,8 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from scatterbird.models.spline import hessian_direction_norm, jacobian_norm, regions_on_segment, spline_view, tangent_rugosity
-from scatterbird.models.spline.directions import FeatureSpace, frequency_shift, frequency_shift_index, gain, noise, time_shift
+from scatterbird.models.spline import (
+    hessian_direction_norm,
+    jacobian_norm,
+    regions_on_segment,
+    spline_view,
+    tangent_rugosity,
+)
+from scatterbird.models.spline.directions import (
+    FeatureSpace,
+    frequency_shift,
+    frequency_shift_index,
+    gain,
+    noise,
+    time_shift,
+)
 from scatterbird.models.spline.rugosity import augmentation_rugosity
 from scatterbird.models.spline.testing import RANDOM_NETS, _init
 

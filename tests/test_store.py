@@ -13,7 +13,6 @@ import pytest
 from scatterbird.pipeline.detect.store import FileResult, ResultsStore, RunParams, StoreError, merge_stores
 
 
-
 def params(**changes) -> RunParams:
     base = dict(model_hash="m1", model_kind="k", model_path="/m.pt", config_json="{}", config_hash="c1",
                 window_s=10.0, hop_s=5.0, min_conf=0.5)

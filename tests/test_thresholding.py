@@ -13,14 +13,14 @@ import pytest
 import scipy.stats
 import torch
 
-from scatterbird.pipeline.frontend import thresholding
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend import thresholding
 from scatterbird.pipeline.frontend.scattering import Scattering, concatenate
 from scatterbird.pipeline.frontend.thresholding import (
     ConvFrame,
     ScatteringThresholder,
-    dense_rule,
     denoise,
+    dense_rule,
     pipeline_gains,
 )
 

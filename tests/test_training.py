@@ -13,13 +13,13 @@ from scatterbird import cli
 from scatterbird.cli import main
 from scatterbird.data.synthetic import write_dataset
 from scatterbird.errors import DatasetError, DetectorError
-from scatterbird.models.registry import build_detector, load_detector
 from scatterbird.models.inversion import InversionDetector
+from scatterbird.models.registry import build_detector, load_detector
 from scatterbird.models.rntk import RNTKClassifier
 from scatterbird.pipeline import clip_features
-from scatterbird.pipeline.train import training
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import load_dataset, read_labels
+from scatterbird.pipeline.train import training
 from scatterbird.pipeline.train.training import (
     TrainingError,
     parse_params,

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from scatterbird.pipeline.config import FeatureConfig
-from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering
 from scatterbird.pipeline.detect.windows import (
     WindowSpec,
     events_from_windows,
@@ -18,6 +17,7 @@ from scatterbird.pipeline.detect.windows import (
     pool_frames,
     pool_sequence,
 )
+from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering
 
 FAST = FeatureConfig(J=6, Q1=4, max_order=1, sample_rate=8000, threshold="none")
 

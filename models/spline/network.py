@@ -141,17 +141,6 @@ class MaxPool2dHandler:
         return units.reshape(*x.shape[:-2], (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1)
 
 
-class TimePoolHandler:
-    """The inversion network's ``TimePool``: (mean, max) over time; the max half is one unit per channel
-    whose pieces are that channel's frames (the mean half is affine and carries no code)."""
-
-    def pieces(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return x  # (B, C, T): C units, T pieces each
-
-    def assemble(self, module: nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean(-1), units], dim=1)
-
-
 class _DuckHandler:
     """Modules that describe themselves with ``spline_pieces`` / ``spline_assemble`` methods."""
 
@@ -170,7 +159,6 @@ _HANDLERS: dict[type, PieceHandler] = {
     nn.MaxPool2d: MaxPool2dHandler(),
 }
 _AFFINE_EXTRA: set[type] = set()
-_KNOWN_LOADED = False
 
 
 def register_pieces(cls: type[nn.Module], handler: PieceHandler) -> None:
@@ -183,25 +171,8 @@ def register_affine(cls: type[nn.Module]) -> None:
     _AFFINE_EXTRA.add(cls)
 
 
-def _load_known() -> None:
-    """Register the project's own piecewise parts, imported lazily (they may not exist in every checkout)."""
-    global _KNOWN_LOADED
-    if _KNOWN_LOADED:
-        return
-    _KNOWN_LOADED = True
-    try:
-        import scatterbird.models.inversion as inv
-    except ImportError:  # the inversion detector is optional for the analyses
-        return
-    if hasattr(inv, "TimePool"):
-        _HANDLERS.setdefault(inv.TimePool, TimePoolHandler())
-    if hasattr(inv, "TimeCentre"):  # per-clip removal of each band's mean over time: linear
-        _AFFINE_EXTRA.add(inv.TimeCentre)
-
-
 def handler_for(module: nn.Module) -> PieceHandler | None:
     """The :class:`PieceHandler` of a piecewise part, or None for an affine (or unknown) one."""
-    _load_known()
     if hasattr(module, "spline_pieces") and hasattr(module, "spline_assemble"):
         return _DuckHandler()
     for cls in type(module).__mro__:
@@ -212,7 +183,6 @@ def handler_for(module: nn.Module) -> PieceHandler | None:
 
 def is_affine(module: nn.Module) -> bool:
     """True for the parts that are affine maps of their input (in eval mode)."""
-    _load_known()
     return isinstance(module, AFFINE_TYPES) or isinstance(module, tuple(_AFFINE_EXTRA)) or bool(
         getattr(module, "spline_affine", False)
     )

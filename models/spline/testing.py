@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from scatterbird.models.inversion import InversionNet
+
 from .network import Abs
 
 
@@ -85,8 +87,6 @@ def random_cnn2d(seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
 
 def random_inversion_net(seed: int = 0, n_channels: int = 4, n_frames: int = 12) -> tuple[nn.Module, tuple[int, ...]]:
     """The inversion detector's own network (``models.inversion.InversionNet``), small."""
-    from scatterbird.models.inversion import InversionNet
-
     torch.manual_seed(seed)
     net = InversionNet(n_channels, (4, 3), 3, 0.1)
     with torch.no_grad():  # biases away from zero so that the first layer is not a central arrangement

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from scatterbird.errors import AnalysisError, DatasetError
+from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.models.spline.affine import template_stats
 from scatterbird.models.spline.betavq import DEFAULT_BETAS, beta_sweep
 from scatterbird.models.spline.codes import code_statistics, hamming, input_codes, nearest_neighbours
@@ -37,8 +39,6 @@ from scatterbird.models.spline.directions import FeatureSpace, audio_directions,
 from scatterbird.models.spline.network import PointwiseHandler, SplineNet, handler_for, iter_batches, spline_view
 from scatterbird.models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
 from scatterbird.models.spline.rugosity import jacobian_norm, tangent_rugosity
-from scatterbird.errors import AnalysisError, DatasetError
-from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.pipeline import datasets
 from scatterbird.pipeline.analysis.report import write_report
 from scatterbird.pipeline.clip_features import FeatureCache, compute_features

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
 from scatterbird.errors import StoreError
 
 SCHEMA_VERSION = 1

@@ -22,6 +22,14 @@ import torch
 BAND_REL = 1e-8
 
 
+@dataclass(frozen=True)
+class FilterGroup:
+    """First-order filters that share one subsampling factor ``2**k`` (indices into the filter bank)."""
+
+    k: int
+    index: tuple[int, ...]
+
+
 @dataclass
 class Band:
     """``fold(Y * h_f, 2**d)`` for filters ``h_f`` of one length ``m``, as a gather.

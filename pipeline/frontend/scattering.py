@@ -21,10 +21,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from scipy.fft import ifft as sp_ifft
-
-from scatterbird.pipeline.frontend.bands import Band, FilterStack, band
-from scatterbird.pipeline.config import FeatureConfig
 
 # Imported from the 1-D module directly: kymatio's top level (kymatio.numpy / kymatio.torch) pulls in its
 # 3-D code, which fails to import with SciPy >= 1.15 (scipy.special.sph_harm was removed).
@@ -34,6 +30,12 @@ from kymatio.scattering1d.filter_bank import (
     periodize_filter_fourier,
     scattering_filter_factory,
 )
+from scipy.fft import ifft as sp_ifft
+
+from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend.audio import stream_audio
+from scatterbird.pipeline.frontend.bands import Band, FilterGroup, FilterStack, band
+from scatterbird.pipeline.frontend.thresholding import ScatteringThresholder
 
 #: kymatio's defaults for the filter bank shape.
 _R_PSI = math.sqrt(0.5)
@@ -53,14 +55,6 @@ _SUPPORT_EPS = 1e-7
 #: with the groups (filters' indices, log2 subsampling), and returns coefficients of the same shapes. The
 #: front end calls it once per group (a list of one), to bound memory.
 FirstOrderHook = Callable[[list[torch.Tensor], list["FilterGroup"]], list[torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class FilterGroup:
-    """First-order filters that share one subsampling factor ``2**k``."""
-
-    k: int
-    index: tuple[int, ...]
 
 
 @dataclass
@@ -249,8 +243,6 @@ class Scattering:
         # level around the coefficient, which widens the context each thresholded order needs by `reach`.
         self._thresholder = None
         if c.threshold != "none":
-            from scatterbird.pipeline.frontend.thresholding import ScatteringThresholder
-
             self._thresholder = ScatteringThresholder(self, c.threshold, order2=c.threshold_order2)
             margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
         # A multiple of the noise block, so that chunks start on the same block grid as the whole signal.
@@ -599,7 +591,5 @@ def concatenate(parts: Sequence[Scattergram]) -> Scattergram:
 
 def scatter_file(path, config: FeatureConfig | None = None, scattering: Scattering | None = None) -> Scattergram:
     """Stream a recording from disk through the scattering front end and return all its frames."""
-    from scatterbird.pipeline.frontend.audio import stream_audio
-
     sc = scattering or Scattering(config)
     return concatenate(list(sc.stream(stream_audio(path, sc.config.sample_rate))))

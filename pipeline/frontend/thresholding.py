@@ -29,8 +29,8 @@ import numpy as np
 import scipy.fft as sfft
 import torch
 
-from scatterbird.pipeline.frontend.bands import Band, FilterStack, band
 from scatterbird.pipeline.config import THRESHOLD_MODES
+from scatterbird.pipeline.frontend.bands import Band, FilterGroup, FilterStack, band
 
 #: Band of the regularised dual, on the filters' coverage ``C(w) = 1/2 sum (psi_hat(w)^2 + psi_hat(-w)^2)``
 #: (each filter relative to its peak; :func:`filter_coverage`): the dual is the exact canonical dual where
@@ -932,7 +932,7 @@ def pipeline_gains(
     groups = U1 = X = None
     if live:
         ks = live[0].scattering.first_order_k()
-        groups = [_Group(int(k), tuple(int(i) for i in np.nonzero(ks == k)[0])) for k in sorted(set(ks))]
+        groups = [FilterGroup(int(k), tuple(int(i) for i in np.nonzero(ks == k)[0])) for k in sorted(set(ks))]
         psi = torch.from_numpy(frame.filters.astype(np.float32))
         X = torch.fft.fft(torch.from_numpy(x.astype(np.float32)))[None]
         U1 = [torch.fft.ifft(_fold_t(X[:, None, :] * psi[list(g.index)], 2**g.k)) for g in groups]
@@ -979,9 +979,3 @@ def denoise(
     return frame.synthesise([c * a for c, a in zip(frame.analyse(x), gains)]), gains
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Same fields as ``scattering.FilterGroup`` (not imported: scattering imports this module)."""
-
-    k: int
-    index: tuple[int, ...]

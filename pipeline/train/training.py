@@ -30,13 +30,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from scatterbird.errors import DatasetError, TrainingError
+from scatterbird.models.registry import available_detectors, build_detector
 from scatterbird.pipeline.clip_features import FeatureCache, compute_features
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
-from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.detect.windows import WindowSpec
-from scatterbird.errors import DatasetError, TrainingError
-from scatterbird.models.registry import available_detectors, build_detector
+from scatterbird.pipeline.frontend.inputs import find_audio
 
 #: Name of the feature cache folder next to the model file, when no cache directory is given.
 CACHE_DIRNAME = ".cache"
