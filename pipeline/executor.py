@@ -29,13 +29,6 @@ import torch
 
 from scatterbird.errors import BatchError
 
-try:  # optional: the cluster extra
-    from distributed import Client
-    from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # pragma: no cover - exercised where Dask is not installed
-    Client = None
-    WorkerPlugin = object
-
 #: Seconds to wait for a Dask cluster's first worker.
 WORKER_WAIT_S = 120
 
@@ -103,15 +96,14 @@ class LocalPool(Executor):
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-class _Setup(WorkerPlugin):
-    """Runs the worker setup on every worker of a Dask cluster, also on those that join later."""
+def _setup_plugin(worker_plugin: type, initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> Any:
+    """A Dask worker plugin that runs the worker setup on every worker, also on those that join later."""
 
-    def __init__(self, initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> None:
-        self.initializer = initializer
-        self.initargs = tuple(initargs)
+    class Setup(worker_plugin):
+        def setup(self, worker: Any) -> None:
+            _worker_setup(initializer, tuple(initargs))
 
-    def setup(self, worker: Any) -> None:
-        _worker_setup(self.initializer, self.initargs)
+    return Setup()
 
 
 class DaskExecutor(Executor):
@@ -124,13 +116,16 @@ class DaskExecutor(Executor):
     """
 
     def __init__(self, address: str, initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = ()) -> None:
-        if Client is None:
-            raise BatchError("--scheduler needs Dask distributed: pip install 'scatterbird[cluster]'")
+        try:  # optional (the cluster extra), and imported only here: it costs every process memory and time
+            from distributed import Client
+            from distributed.diagnostics.plugin import WorkerPlugin
+        except ImportError:
+            raise BatchError("--scheduler needs Dask distributed: pip install 'scatterbird[cluster]'") from None
         self.client = Client(address, set_as_default=False)
         self._plugin = f"scatterbird-setup-{uuid.uuid4().hex[:12]}"
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-            self.client.register_plugin(_Setup(initializer, initargs), name=self._plugin)
+            self.client.register_plugin(_setup_plugin(WorkerPlugin, initializer, initargs), name=self._plugin)
             self._executor = self.client.get_executor(pure=False)
         except BaseException:
             self.client.close()

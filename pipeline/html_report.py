@@ -11,11 +11,12 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -68,6 +69,10 @@ def render(template: str, path: str | os.PathLike, **context: Any) -> Path:
 def new_figure(w: float, h: float) -> Figure:
     """A matplotlib figure of ``w`` x ``h`` inches on its own Agg canvas: no display, and the pyplot backend
     of the calling process is left alone."""
+    # matplotlib is imported only when a figure is drawn: every worker process would carry it otherwise.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w, h))
     FigureCanvasAgg(fig)
     return fig
