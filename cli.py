@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scatterbird.errors import ScatterbirdError
-from scatterbird.models.registry import available_detectors, build_detector
+from scatterbird.models.registry import available_detectors, build_detector, describe_model, load_detector
 from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, analyze_inputs
 from scatterbird.pipeline.config import THRESHOLD_MODES, FeatureConfig
 from scatterbird.pipeline.datasets import Dataset, load_datasets
 from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_detect, shard_from_env
 from scatterbird.pipeline.detect.exports import export_store, parse_formats
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_store_paths, merge_stores
-from scatterbird.pipeline.evaluate.run import crossval, evaluate, load_model
+from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from scatterbird.pipeline.frontend.features import extract_features
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.train.training import parse_params, run_train
@@ -59,6 +59,13 @@ def _add_feature_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Where the work runs: one way for every command (pipeline/executor.py)."""
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default %(default)s: in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on this Dask scheduler's workers instead, e.g. tcp://host:8786 (needs the cluster extra)")
+
+
 def _config_from(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
         sample_rate=args.sr, J=args.J, Q1=args.q1, Q2=args.q2, max_order=args.order, threshold=args.threshold
@@ -77,7 +84,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     _report_problems(scan.problems)
     if not scan.files:
         return _fail(args.command, "no audio files found in the given inputs")
-    run = extract_features(scan.with_roots(), args.output, config, progress=not args.quiet)
+    run = extract_features(
+        scan.with_roots(), args.output, config, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler
+    )
     _report_problems(run.failed, "failed")
     print(
         f"features: {len(run.done)} file(s) written to {args.output}, {len(run.failed)} failed "
@@ -174,14 +183,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         inputs.update(audio=args.audio, labels=args.labels)
     report = run_train(
         args.output, model=args.kind, params=parse_params(args.param or []), seed=args.seed, config=config,
-        cache_dir=args.cache, progress=not args.quiet, **inputs,
+        cache_dir=args.cache, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler, **inputs,
     )
     d = report.data
     incomplete = _print_datasets([d.dataset])  # bad label rows, skipped
     _report_problems(d.failed, "failed")
     print(
         f"train: {args.kind} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
-        f"{len(d.unlabeled)} unlabelled window(s) ({d.n_unlabelled_files} file(s), {d.n_hidden} clip(s) with "
+        f"{len(d.unlabeled)} unlabeled window(s) ({d.n_unlabeled_files} file(s), {d.n_hidden} clip(s) with "
         f"hidden labels); features: {d.cache_hits} from the cache, {d.cache_misses} computed; fitted in "
         f"{report.fit_seconds:.1f} s; model written to {report.model_path} (config {config.hash})"
     )
@@ -209,9 +218,9 @@ def _print_run(run, incomplete: bool) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
     incomplete = _print_datasets(datasets)
-    detector, source = load_model(args.model)
+    detector, source = load_detector(args.model), describe_model(args.model)
     run = evaluate(
-        detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers,
+        detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers, scheduler=args.scheduler,
         n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet,
     )
     return _print_run(run, incomplete)
@@ -225,7 +234,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     incomplete = _print_datasets(datasets)
     run = crossval(
         datasets, lambda: build_detector(args.kind, params, args.seed), args.output, config=config,
-        semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers,
+        semi_supervised=args.heldout_unlabeled, cache_dir=args.cache, workers=args.workers, scheduler=args.scheduler,
         n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, save_models=args.save_models,
         progress=not args.quiet,
     )
@@ -240,7 +249,7 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", action="append", metavar="CSV", help="its label CSV: itemid[,datasetid],hasbird (repeatable)")
     p.add_argument("-o", "--output", required=True, help="output folder: metrics.json, predictions.csv, report.html, figures")
     p.add_argument("--cache", help="feature cache folder (the one `train` uses; default: none)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes for the features (default %(default)s)")
+    _add_run_options(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of the AUC interval (default %(default)s)")
     p.add_argument("--worst", type=int, default=5, help="worst false positives/negatives shown per dataset (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the bootstrap (and, for crossval, the detector) (default %(default)s)")
@@ -278,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory for the .npz files")
     p.add_argument("--ext", action="append", help="extension to look for in directories (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_features)
 
@@ -303,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv,raven",
                    help="exports, comma-separated: csv, raven, audacity, json or all (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo every file, even those already done")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default %(default)s)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler's workers (needs the cluster extra)")
+    _add_run_options(p)
     p.add_argument("--shard", metavar="i/N", help="process shard i of N (1-based) into its own store; default "
                    "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -330,10 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train a detector from labelled (and unlabelled) recordings",
+        help="train a detector from labelled (and unlabeled) recordings",
         description=(
             "Train a detector on a Bird Audio Detection style folder (audio under wav/ and a CSV with itemid and "
-            "hasbird columns), or on --audio DIR --labels CSV. Unlabelled recordings of any length (--unlabeled) "
+            "hasbird columns), or on --audio DIR --labels CSV. Unlabeled recordings of any length (--unlabeled) "
             "are cut into --window s windows. Features are cached under --cache (default: .cache next to the "
             "model file), keyed by feature configuration and file, so a second run recomputes nothing. "
             "Exit status: 0 trained, 1 trained but some recordings could not be read, 2 usage or input error."
@@ -343,16 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="directory of the labelled recordings (file name without extension = itemid)")
     p.add_argument("--labels", help="label CSV with itemid and hasbird (0/1) columns")
     p.add_argument("--unlabeled", action="append", metavar="DIR",
-                   help="unlabelled recordings: directory, file or .txt path list (repeatable)")
+                   help="unlabeled recordings: directory, file or .txt path list (repeatable)")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.pt)")
     _add_kind_options(p)
     p.add_argument("--labelled-fraction", type=float, default=1.0,
-                   help="keep this stratified share of the labels, the rest become unlabelled (default %(default)s)")
+                   help="keep this stratified share of the labels, the rest become unlabeled (default %(default)s)")
     p.add_argument("--window", type=float, default=10.0,
-                   help="window length in seconds for unlabelled recordings (default %(default)s)")
+                   help="window length in seconds for unlabeled recordings (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kept labels and the detector (default %(default)s)")
     p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_options(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -378,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "For each dataset: train a new detector (--kind KIND, --param KEY=VALUE) on the other datasets' "
             "labelled clips and score the one left out; with --heldout-unlabeled the left-out dataset's audio is "
-            "also given to the detector as unlabelled data (semi-supervised). Same outputs as `evaluate`, with "
+            "also given to the detector as unlabeled data (semi-supervised). Same outputs as `evaluate`, with "
             "the held-out scores in predictions.csv and the harmonic mean of the held-out AUCs. "
             "Exit status as for `evaluate`."
         ),
@@ -386,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_options(p)
     _add_kind_options(p)
     p.add_argument("--heldout-unlabeled", action="store_true",
-                   help="give the held-out dataset's audio to fit() as unlabelled data (its labels are never used)")
+                   help="give the held-out dataset's audio to fit() as unlabeled data (its labels are never used)")
     p.add_argument("--save-models", action="store_true", help="also write each fold's model to OUTPUT/models/<dataset>.pt")
     _add_feature_options(p)
     p.set_defaults(func=cmd_crossval)

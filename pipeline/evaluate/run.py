@@ -20,22 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from scatterbird.errors import AudioError, DatasetError, FeatureConfigMismatch
-from scatterbird.models.registry import describe_model, load_detector
 from scatterbird.pipeline.clip_features import clip_scattergram, compute_sequences
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, check_distinct_names
 from scatterbird.pipeline.evaluate.outputs import write_outputs
 from scatterbird.pipeline.evaluate.results import DatasetResult, RunResult, harmonic_mean_auc, metrics_for, worst_clips
-
-
-def load_model(path: str | os.PathLike | None):
-    """A trained detector from ``path``, or the bundled default model when ``path`` is None.
-
-    Returns
-    -------
-    (detector, description) : the Detector and the path it came from (or "default model (...)")
-    """
-    return load_detector(path), describe_model(path)
 
 
 # =====================================================================================================
@@ -74,6 +63,7 @@ def evaluate(
     model_path: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     n_worst: int = 5,
@@ -96,6 +86,8 @@ def evaluate(
         Feature cache (see :func:`compute_sequences`).
     workers : int
         Processes for the features.
+    scheduler : str, optional
+        A Dask scheduler's address: the features are computed on its workers instead.
     n_boot, seed : int
         Bootstrap replicates for the AUC intervals (0: none) and their seed.
     n_worst : int
@@ -115,7 +107,9 @@ def evaluate(
     check_distinct_names(datasets)
     results = []
     for data in datasets:
-        seqs, reasons = compute_sequences(data.clips, cfg, cache_dir=cache_dir, workers=workers, progress=progress, desc=data.name)
+        seqs, reasons = compute_sequences(
+            data.clips, cfg, cache_dir=cache_dir, workers=workers, scheduler=scheduler, progress=progress, desc=data.name
+        )
         scores = np.full(len(data.clips), np.nan)
         ok = [i for i, s in enumerate(seqs) if s is not None]
         if ok:
@@ -138,6 +132,7 @@ def crossval(
     unlabeled_by_dataset: Mapping[str, Sequence[np.ndarray]] | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     n_worst: int = 5,
@@ -149,7 +144,7 @@ def crossval(
     For each labelled dataset in turn, a fresh detector (``make()``) is trained on the labelled clips of all
     the others and scores the one left out. With ``semi_supervised``, the left-out dataset's sequences are
     also given to ``fit`` as ``unlabeled`` (their labels are never seen), as a semi-supervised detector may
-    use the test domain's audio; detectors that do not use unlabelled data ignore it.
+    use the test domain's audio; detectors that do not use unlabeled data ignore it.
 
     Parameters
     ----------
@@ -162,7 +157,7 @@ def crossval(
     semi_supervised : bool
         Give the held-out dataset's sequences to ``fit`` as ``unlabeled``.
     unlabeled_by_dataset : mapping, optional
-        Unlabelled sequences that belong to a dataset (e.g. more audio of the same sources): given to ``fit``
+        Unlabeled sequences that belong to a dataset (e.g. more audio of the same sources): given to ``fit``
         as ``unlabeled`` whenever that dataset is in the training set, never when it is held out.
     save_models : bool
         Also write each fold's model to ``OUTDIR/models/<held-out>.pt``.
@@ -181,7 +176,9 @@ def crossval(
         raise DatasetError(f"cross-validation needs labels; hidden in: {', '.join(hidden)}")
     feats: dict[str, tuple[list, list]] = {}
     for data in datasets:
-        feats[data.name] = compute_sequences(data.clips, cfg, cache_dir=cache_dir, workers=workers, progress=progress, desc=data.name)
+        feats[data.name] = compute_sequences(
+            data.clips, cfg, cache_dir=cache_dir, workers=workers, scheduler=scheduler, progress=progress, desc=data.name
+        )
     results = []
     model_info: dict[str, Any] = {"folds": {}}
     for held in datasets:
@@ -208,7 +205,7 @@ def crossval(
         if progress:
             print(
                 f"crossval: training on {len(train_seqs)} clips ({', '.join(d.name for d in datasets if d is not held)})"
-                f"{f', {len(unlabeled)} unlabelled' if unlabeled else ''}; testing on {held.name}",
+                f"{f', {len(unlabeled)} unlabeled' if unlabeled else ''}; testing on {held.name}",
                 file=sys.stderr,
             )
         det.fit(train_seqs, train_y, unlabeled=unlabeled)
