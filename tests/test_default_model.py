@@ -44,6 +44,7 @@ def test_default_model_description_matches_the_weights(model):
     assert set(info["trained_on"]["packages"]) <= set(ALLOWED_PACKAGES)
 
 
+@pytest.mark.slow  # the bundled model on the bundled samples at the default (costly) features
 def test_default_model_scores_bird_samples_above_the_others(model):
     from scatterbird.data.samples import SAMPLES, ensure_samples
     from scatterbird.pipeline.detect.batch import DetectParams, detect_file

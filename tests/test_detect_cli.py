@@ -183,6 +183,7 @@ def dask_cluster(tmp_path):
             log.close()
 
 
+@pytest.mark.slow  # starts a local Dask cluster; tests/test_executor.py covers Dask quickly
 def test_a_dask_cluster_gives_the_rows_of_the_serial_run(dask_cluster, model, tmp_path):
     from distributed import Client
 

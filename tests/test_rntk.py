@@ -258,6 +258,7 @@ EMPIRICAL = [  # (activation, layers, sigma_w, width, seeds, draws per seed)
 ]
 
 
+@pytest.mark.slow  # Monte Carlo over wide random RNNs
 @pytest.mark.parametrize("act,L,sw,n,seeds,draws", EMPIRICAL)
 def test_matches_empirical_ntk_of_wide_rnns(act, L, sw, n, seeds, draws):
     # Lengths 3, 3, 1, 4 in one batch: equal lengths, a single step, and end alignment with offsets 1-3.
