@@ -14,7 +14,7 @@ The stages (see docs/spline-analyses.md §8 for why these):
 
 :func:`run_analysis` takes arrays only. :func:`load_clips` and :func:`analyze_inputs` are the file-facing
 part used by the command line (audio or feature files in, an output directory written by
-:mod:`pipeline.analysis_report`).
+:mod:`scatterbird.pipeline.analysis.report`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -287,37 +288,34 @@ def run_analysis(
     summary["log_odds"] = _stat(log_odds)
     arrays["log_odds"] = log_odds
 
+    @contextmanager
+    def stage(name: str, message: str | None = None) -> Iterator[None]:
+        say(message or name.replace("_", " "))
+        t0 = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t0
+
     if "templates" in opt.stages:
-        say("templates")
-        t0 = time.perf_counter()
-        summary["templates"], arrays["templates"] = _stage_templates(model, X, y, detail)
-        timings["templates"] = time.perf_counter() - t0
+        with stage("templates"):
+            summary["templates"], arrays["templates"] = _stage_templates(model, X, y, detail)
     if "codes" in opt.stages:
-        say("codes")
-        t0 = time.perf_counter()
-        summary["codes"], arrays["codes"] = _stage_codes(view, X, y, names, detail)
-        timings["codes"] = time.perf_counter() - t0
+        with stage("codes"):
+            summary["codes"], arrays["codes"] = _stage_codes(view, X, y, names, detail)
     if "power_diagram" in opt.stages:
-        say("power diagram and regions")
-        t0 = time.perf_counter()
-        summary["power_diagram"], arrays["power_diagram"] = _stage_power_diagram(model, X, names, detail, space, opt)
-        timings["power_diagram"] = time.perf_counter() - t0
+        with stage("power_diagram", "power diagram and regions"):
+            summary["power_diagram"], arrays["power_diagram"] = _stage_power_diagram(model, X, names, detail, space, opt)
     if "beta_sweep" in opt.stages:
-        say("beta sweep")
-        t0 = time.perf_counter()
-        batches = [X[sl] for sl in iter_batches(n, 16)]
-        summary["beta_sweep"] = beta_sweep(view, batches, y, opt.betas, positive=model.positive)
-        if any(not isinstance(handler_for(view.parts[i]), PointwiseHandler) for i in view.piecewise_index):
-            # the same sweep with the max-poolings kept hard: which softening costs what
-            summary["beta_sweep_activations"] = beta_sweep(
-                view, batches, y, opt.betas, positive=model.positive, target="activations"
-            )
-        timings["beta_sweep"] = time.perf_counter() - t0
+        with stage("beta_sweep"):
+            batches = [X[sl] for sl in iter_batches(n, 16)]
+            summary["beta_sweep"] = beta_sweep(view, batches, y, opt.betas, positive=model.positive)
+            if any(not isinstance(handler_for(view.parts[i]), PointwiseHandler) for i in view.piecewise_index):
+                # the same sweep with the max-poolings kept hard: which softening costs what
+                summary["beta_sweep_activations"] = beta_sweep(
+                    view, batches, y, opt.betas, positive=model.positive, target="activations"
+                )
     if "rugosity" in opt.stages:
-        say("rugosity")
-        t0 = time.perf_counter()
-        summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
-        timings["rugosity"] = time.perf_counter() - t0
+        with stage("rugosity"):
+            summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
     summary["seconds"] = timings
     return Analysis(summary, arrays)
 
