@@ -122,7 +122,7 @@ def train(
     audio, labels : path, optional
         An audio folder and a label CSV (``itemid,hasbird``), instead of ``dataset``.
     unlabeled : sequence of path, optional
-        Unlabelled recordings for the semi-supervised detectors.
+        Unlabeled recordings for the semi-supervised detectors.
     kind : str
         Detector kind (``scatterbird.models.available_detectors()``).
     params : mapping, optional

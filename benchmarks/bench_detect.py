@@ -45,6 +45,7 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the small test detector
 
 from scatterbird.data.synthetic import background, bird_call  # noqa: E402
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
@@ -55,7 +56,8 @@ from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
 CLI = [
     sys.executable,
     "-c",
-    "import atexit, os, sys, tests.simple_detector, cli\n"
+    "import atexit, os, sys, simple_detector\n"
+    "from scatterbird import cli\n"
     "def _hwm():\n"
     "    kb = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
     "    open(os.environ['BENCH_HWM'], 'w').write(kb)\n"
@@ -127,7 +129,7 @@ def run_cli(args: list[str]) -> tuple[float, float, int, str]:
     """
     with tempfile.NamedTemporaryFile(suffix=".hwm", delete=False) as tmp:
         hwm = Path(tmp.name)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_HWM": str(hwm)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "BENCH_HWM": str(hwm)}
     t0 = time.perf_counter()
     proc = subprocess.run([*CLI, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True)

@@ -32,7 +32,7 @@ in a subprocess; AUC on 1,000 held-out sequences.
 ``--auc``: the synthetic challenge-like split of ``benchmarks/ssl_gain.py`` (5 s clips, first-order
 scattering, bird SNR -20..-5 dB, the same cached features): the RNTK classifier (its default grid, frames
 pooled to ``--pool`` s, centring and all decided by its cross-validation) against the inversion detector
-(ssl_gain's training schedule, frames pooled by 2, with and without the 1,000 unlabelled clips), test ROC
+(ssl_gain's training schedule, frames pooled by 2, with and without the 1,000 unlabeled clips), test ROC
 AUC on the 400 test clips for ``--labels`` labelled clips and ``--seeds`` seeds.
 """
 
@@ -214,14 +214,14 @@ def auc_comparison(args: argparse.Namespace) -> None:
     cache = ROOT / "benchmarks" / ".cache"
     snr = (-20.0, -5.0)
     Xp, yp = cached_features("pool", 200, 1, config, 5.0, snr, cache)
-    Xu, _ = cached_features("unlabelled", 1000, 2, config, 5.0, snr, cache)
+    Xu, _ = cached_features("unlabeled", 1000, 2, config, 5.0, snr, cache)
     Xt, yt = cached_features("test", 400, 3, config, 5.0, snr, cache)
     fr = config.frame_rate
     rntk_seq = lambda X: [pool_frames(x.T, fr, args.pool) for x in X]  # noqa: E731
     inv_seq = lambda X: [pool_frames(x.T, fr, 2 / fr) for x in X]  # noqa: E731  (ssl_gain's 2-frame pooling)
     Rp, Rt = rntk_seq(Xp), rntk_seq(Xt)
     Ip, Iu, It = inv_seq(Xp), inv_seq(Xu), inv_seq(Xt)
-    print(f"split: {len(Xp)} labelled pool, {len(Xu)} unlabelled, {len(Xt)} test clips of 5 s; RNTK steps "
+    print(f"split: {len(Xp)} labelled pool, {len(Xu)} unlabeled, {len(Xt)} test clips of 5 s; RNTK steps "
           f"{Rp[0].shape}, inversion steps {Ip[0].shape}")
     print(f"{'labels':>6} {'seed':>4} {'RNTK':>6} {'inv CE':>7} {'inv full':>8}  RNTK choice (CPU s: RNTK, inversion)")
     rows = []
@@ -250,7 +250,7 @@ def auc_comparison(args: argparse.Namespace) -> None:
         sel = np.array([r[0] == n for r in rows])
         m, s = a[sel].mean(0), a[sel].std(0)
         print(f"mean {n:3d} labels: RNTK {m[0]:.3f} +- {s[0]:.3f}, inversion CE-only {m[1]:.3f} +- {s[1]:.3f}, "
-              f"inversion + 1000 unlabelled {m[2]:.3f} +- {s[2]:.3f}")
+              f"inversion + 1000 unlabeled {m[2]:.3f} +- {s[2]:.3f}")
 
 
 # -- main ------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,13 +72,13 @@ def flop_floor(sc: Scattering, n_samples: int) -> float:
 def rss_of_mode(threshold: str, seconds: float, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that imports the pipeline and streams ``seconds`` of audio."""
     code = (
-        "import sys, numpy as np, torch; sys.path.insert(0, %r); torch.set_num_threads(%d)\n"
-        "from pipeline.config import FeatureConfig; from pipeline.scattering import Scattering\n"
+        "import numpy as np, torch; torch.set_num_threads(%d)\n"
+        "from scatterbird import FeatureConfig, Scattering\n"
         "x = np.random.default_rng(0).standard_normal(int(%f * 22050)).astype(np.float32) * 0.05\n"
         "sc = Scattering(FeatureConfig(threshold=%r))\n"
         "for _ in sc.stream(x[i : i + 22050] for i in range(0, x.size, 22050)): pass\n"
         "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)\n"
-    ) % (str(Path(__file__).resolve().parents[1]), threads, seconds, threshold)
+    ) % (threads, seconds, threshold)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,4 @@
-"""Benchmark of the first-order thresholding stage (pipeline/thresholding.py).
+"""Benchmark of the first-order thresholding stage (pipeline/frontend/thresholding.py).
 
 (a) Denoising: synthetic bird-like clips (``data.synthetic.make_clip``) with a known clean version, plus white
     and coloured noise at SNR -10, -5, 0, 5 and 10 dB, ``--draws`` clips each. Every mode thresholds the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

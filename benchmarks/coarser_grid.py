@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test signals
 
 from kymatio.scattering1d.filter_bank import periodize_filter_fourier  # noqa: E402
 from test_scattering import birdish  # noqa: E402

@@ -1,16 +1,16 @@
-"""Does the semi-supervised inversion loss help? AUC with few labels plus many unlabelled clips.
+"""Does the semi-supervised inversion loss help? AUC with few labels plus many unlabeled clips.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_gain.py [--labels 10 30 100] [--seeds 5] [--unlabelled 1000]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_gain.py [--labels 10 30 100] [--seeds 5] [--unlabeled 1000]
 
 A synthetic Bird-Audio-Detection-like set is made with ``data.synthetic`` (all five background kinds, bird
 SNR drawn in ``--snr`` dB, background level 0.01-0.1, half the clips with 1-4 calls): a pool of labelled
-clips, ``--unlabelled`` unlabelled clips (their labels never used) and a test set. The same network
+clips, ``--unlabeled`` unlabeled clips (their labels never used) and a test set. The same network
 (:class:`models.inversion.InversionNet`) is trained three ways, for each number of labelled clips and each
-seed, with the same number of gradient steps, batch layout (16 labelled + 16 unlabelled), validation split
+seed, with the same number of gradient steps, batch layout (16 labelled + 16 unlabeled), validation split
 and early stopping:
 
 * ``CE``: cross-entropy on the labelled clips only;
-* ``CE+H``: plus the entropy of the prediction on unlabelled clips (with its warm-up);
+* ``CE+H``: plus the entropy of the prediction on unlabeled clips (with its warm-up);
 * ``inversion``: plus the multiscale reconstruction sum_l ||R^(l) - z^(l)||^2 (the spec's weights).
 
 It prints, per labelled count and loss, the test ROC AUC as mean +- standard deviation over seeds (and
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def print_table(runs: list[dict], args: dict) -> None:
     seeds = sorted({r["seed"] for r in runs})
     print(f"test ROC AUC over {len(seeds)} seeds: mean +- std [min, max]; 'vs CE' / 'vs CE+H' = paired AUC "
           f"difference (same labelled clips, same seed), mean +- std (wins/seeds); {args['epochs']} epochs max x "
-          f"{args['steps']} steps, batch 16 labelled + 16 unlabelled, {args['unlabelled']} unlabelled clips, "
+          f"{args['steps']} steps, batch 16 labelled + 16 unlabeled, {args['unlabeled']} unlabeled clips, "
           f"{args['test']} test clips")
     print(f"{'labels':>6} {'loss':10} {'AUC':>24}   {'vs CE':>21}   {'vs CE+H':>21} {'s/epoch':>8}")
     for n in args["labels"]:
@@ -129,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", type=int, nargs="+", default=[10, 30, 100])
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--unlabelled", type=int, default=1000)
+    ap.add_argument("--unlabeled", type=int, default=1000)
     ap.add_argument("--pool", type=int, default=200, help="labelled pool the labelled clips are drawn from")
     ap.add_argument("--test", type=int, default=400)
     ap.add_argument("--duration", type=float, default=5.0)
@@ -155,13 +154,13 @@ def main() -> None:
     t0 = time.perf_counter()
     snr = tuple(args.snr)
     Xp, yp = cached_features("pool", args.pool, 1, config, args.duration, snr, cache)
-    Xu, _ = cached_features("unlabelled", args.unlabelled, 2, config, args.duration, snr, cache)
+    Xu, _ = cached_features("unlabeled", args.unlabeled, 2, config, args.duration, snr, cache)
     Xt, yt = cached_features("test", args.test, 3, config, args.duration, snr, cache)
     t_feat = time.perf_counter() - t0
     if args.pool_frames > 1:  # the pipeline's pooling, applied to the cached native frames
         step_s = args.pool_frames / config.frame_rate
         Xp, Xu, Xt = (np.stack([pool_sequence(x, config.frame_rate, step_s) for x in X]) for X in (Xp, Xu, Xt))
-    print(f"features: pool {Xp.shape}, unlabelled {Xu.shape}, test {Xt.shape} ({t_feat:.0f} s, config "
+    print(f"features: pool {Xp.shape}, unlabeled {Xu.shape}, test {Xt.shape} ({t_feat:.0f} s, config "
           f"{config.hash}, order {args.order}, {args.duration} s clips, SNR {snr[0]:g}..{snr[1]:g} dB, "
           f"frames pooled by {args.pool_frames})", flush=True)
     unl = list(Xu)

@@ -450,7 +450,7 @@ def build(
     sources: str | os.PathLike = SOURCES_CSV,
     folds: int = 4,
     clips_per_fold: int = 150,
-    unlabelled_per_fold: int = 0,
+    unlabeled_per_fold: int = 0,
     sr: int = 22050,
     seed: int = 0,
     opts: MixOptions | None = None,
@@ -467,8 +467,8 @@ def build(
         Source-file folds (the leave-source-out validation is over them).
     clips_per_fold : int
         Labelled 10 s clips per fold.
-    unlabelled_per_fold : int
-        Extra clips per fold, written to ``unlabelled/fold<k>/`` without labels (for semi-supervised training
+    unlabeled_per_fold : int
+        Extra clips per fold, written to ``unlabeled/fold<k>/`` without labels (for semi-supervised training
         that never sees another fold's sources).
     sr : int
         Rate of the written clips (the pipeline's rate).
@@ -497,13 +497,13 @@ def build(
         "packages": {p: {"deb": d.name, "sha256": _sha256(d)} for p, d in debs.items()},
         "folds": folds,
         "clips_per_fold": clips_per_fold,
-        "unlabelled_per_fold": unlabelled_per_fold,
+        "unlabeled_per_fold": unlabeled_per_fold,
         "sr": sr,
         "seed": seed,
         "mix": {k: v for k, v in opts.__dict__.items()},
         "fold_files": {},
         "fold_dirs": [],
-        "unlabelled_dirs": [],
+        "unlabeled_dirs": [],
     }
     for k in range(folds):
         segs = [s for s in segments if fold_of[s.row.file_key] == k]
@@ -512,9 +512,9 @@ def build(
         d = write_fold(work / "folds" / f"fold{k}", k, segs, clips_per_fold, sr, seed, opts)
         info["fold_dirs"].append(str(d))
         info["fold_files"][f"fold{k}"] = sorted({s.row.file_key for s in segs})
-        if unlabelled_per_fold:
-            u = write_fold(work / "unlabelled" / f"fold{k}", k, segs, unlabelled_per_fold, sr, seed + 7919, opts, prefix="u")
-            info["unlabelled_dirs"].append(str(u))
+        if unlabeled_per_fold:
+            u = write_fold(work / "unlabeled" / f"fold{k}", k, segs, unlabeled_per_fold, sr, seed + 7919, opts, prefix="u")
+            info["unlabeled_dirs"].append(str(u))
     with open(work / "build.json", "w") as f:
         json.dump(info, f, indent=2)
     return info

@@ -135,7 +135,7 @@ class Detector(BaseEstimator):
         labels: Sequence[int],
         unlabeled: Sequence[np.ndarray] | None = None,
     ) -> "Detector":
-        """Fit on labelled sequences (and, where the detector can use them, unlabelled ones)."""
+        """Fit on labelled sequences (and, where the detector can use them, unlabeled ones)."""
         raise NotImplementedError
 
     def predict_proba(self, sequences: Sequence[np.ndarray]) -> np.ndarray:

@@ -4,7 +4,7 @@
 masked mean-and-max pooling over time, a linear read-out), so for every input it is an affine map and its
 inversion needs no decoder: :func:`layer_reconstructions` gives every layer's reconstruction
 ``R^(l) = grad_{z^(l)} 1/2 ||z^(L)||^2``. :func:`inversion_loss` combines cross-entropy on labelled clips,
-prediction entropy on unlabelled ones and the reconstruction error of every layer, with the paper's
+prediction entropy on unlabeled ones and the reconstruction error of every layer, with the paper's
 data-free weights (:func:`spec_loss_weights`); its gradient needs double back-propagation.
 :class:`InversionDetector` is the Detector that trains it.
 
@@ -264,7 +264,7 @@ class LossWeights:
     Attributes
     ----------
     ce, entropy : float
-        Multiply the mean cross-entropy over labelled items and the mean entropy over unlabelled items.
+        Multiply the mean cross-entropy over labelled items and the mean entropy over unlabeled items.
     recon : tuple of float
         One weight per reconstructed layer l = 0..L-1.
     recon_per_dim : bool
@@ -304,7 +304,7 @@ def inversion_loss(
     ----------
     zs, Rs, lens
         From :func:`layer_reconstructions` on a batch whose first ``len(labels)`` items are labelled and the
-        rest unlabelled.
+        rest unlabeled.
     labels : Tensor of int, shape (n_labelled,)
     weights : LossWeights
     entropy_ramp : float
@@ -398,9 +398,10 @@ class InversionDetector(Detector):
         Upper bound on epochs.
     steps_per_epoch : int, optional
         Gradient steps per epoch; default: enough for one pass over the larger of the labelled training set
-        and the unlabelled set (when the loss uses unlabelled clips).
+        and the unlabeled set (when the loss uses unlabeled clips).
     batch_labelled, batch_unlabelled : int
-        Labelled and unlabelled clips in every batch (a fixed ratio, whatever the set sizes).
+        Labelled and unlabeled clips in every batch (a fixed ratio, whatever the set sizes). These two names
+        keep the spelling saved in model files since the first release.
     warmup_epochs : int
         The entropy weight ramps linearly from 0 to its value over this many epochs (confident wrong
         predictions early on would otherwise be reinforced).
@@ -523,7 +524,7 @@ class InversionDetector(Detector):
         labels: Sequence[int],
         unlabeled: Sequence[np.ndarray] | None = None,
     ) -> "InversionDetector":
-        """Train on labelled sequences and, when the loss uses them, unlabelled ones.
+        """Train on labelled sequences and, when the loss uses them, unlabeled ones.
 
         Parameters
         ----------
@@ -548,7 +549,7 @@ class InversionDetector(Detector):
 
         rng = np.random.default_rng(self.random_state)
         tr, va = self._split(y, rng)
-        # Per-band standardisation from every training frame (unlabelled clips carry no label, only statistics).
+        # Per-band standardisation from every training frame (unlabeled clips carry no label, only statistics).
         frames = np.concatenate([seqs[i] for i in tr] + list(unlab), axis=0).astype(np.float64)
         self.mean_ = frames.mean(0).astype(np.float32)
         self.std_ = np.maximum(frames.std(0), 1e-6).astype(np.float32)

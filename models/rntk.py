@@ -573,7 +573,7 @@ class RNTKClassifier(Detector):
 
     Notes
     -----
-    ``fit(..., unlabeled=...)`` ignores the unlabelled sequences: the kernel machine is supervised.
+    ``fit(..., unlabeled=...)`` ignores the unlabeled sequences: the kernel machine is supervised.
     """
 
     kind = "rntk"

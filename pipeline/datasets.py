@@ -29,7 +29,7 @@ _SHOW = 5
 
 @dataclass(frozen=True)
 class Clip:
-    """One labelled (or, for the evaluation sets, unlabelled) clip.
+    """One labelled (or, for the evaluation sets, unlabeled) clip.
 
     Attributes
     ----------

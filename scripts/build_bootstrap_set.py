@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sources", default=str(SOURCES_CSV), help="the sources list (default %(default)s)")
     p.add_argument("--folds", type=int, default=4, help="source-file folds (default %(default)s)")
     p.add_argument("--clips-per-fold", type=int, default=150, help="labelled 10 s clips per fold (default %(default)s)")
-    p.add_argument("--unlabelled-per-fold", type=int, default=0, help="extra unlabelled clips per fold (default %(default)s)")
+    p.add_argument("--unlabeled-per-fold", type=int, default=0, help="extra unlabeled clips per fold (default %(default)s)")
     p.add_argument("--sr", type=int, default=22050, help="sample rate of the clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split and the mixing (default %(default)s)")
     args = p.parse_args(argv)
     try:
         info = build(
             args.workdir, sources=args.sources, folds=args.folds, clips_per_fold=args.clips_per_fold,
-            unlabelled_per_fold=args.unlabelled_per_fold, sr=args.sr, seed=args.seed, opts=MixOptions(),
+            unlabeled_per_fold=args.unlabeled_per_fold, sr=args.sr, seed=args.seed, opts=MixOptions(),
         )
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@
 1. The bootstrap set's source-file folds are loaded as Bird Audio Detection datasets.
 2. Each candidate (a detector kind and its options, semi-supervised or not) is validated leave-source-out:
    for each fold, a fresh detector is trained on the other folds' clips (and, when semi-supervised, on the
-   unlabelled clips mixed from those folds' sources) and scores the held-out fold, whose source files it has
+   unlabeled clips mixed from those folds' sources) and scores the held-out fold, whose source files it has
    never heard. Reported: each fold's AUC, their harmonic mean, and the pooled out-of-fold AUC with a
    bootstrap 95 % interval; the full cross-validation report goes to ``WORKDIR/validation/<candidate>/``.
 3. The candidate with the best pooled out-of-fold AUC is trained on every fold and written to
@@ -14,7 +14,7 @@
 
 Example::
 
-    python scripts/build_bootstrap_set.py --clips-per-fold 120 --unlabelled-per-fold 40
+    python scripts/build_bootstrap_set.py --clips-per-fold 120 --unlabeled-per-fold 40
     OMP_NUM_THREADS=1 python scripts/train_default_model.py --workers 2
 """
 
@@ -34,9 +34,9 @@ from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
 
 #: Candidates: name -> (kind, params, semi-supervised). Modest sizes: they train on two shared CPU cores.
 CANDIDATES: dict[str, tuple[str, dict, bool]] = {
-    # plain cross-entropy: no reconstruction, no entropy term, no unlabelled clips
+    # plain cross-entropy: no reconstruction, no entropy term, no unlabeled clips
     "inversion-supervised": ("inversion", {"recon_scale": 0.0, "entropy_weight": 0.0, "max_epochs": 20, "patience": 5}, False),
-    # the full semi-supervised inversion loss (spec weights), with unlabelled clips of the training folds
+    # the full semi-supervised inversion loss (spec weights), with unlabeled clips of the training folds
     "inversion-semi": ("inversion", {"max_epochs": 20, "patience": 5}, True),
     # reconstruction as a regulariser only, labelled clips only
     "inversion-recon": ("inversion", {"entropy_weight": 0.0, "max_epochs": 20, "patience": 5}, False),
@@ -52,9 +52,9 @@ def _load(workdir: Path):
 
     info = json.loads((workdir / "build.json").read_text())
     folds = [load_dataset(d) for d in info["fold_dirs"]]
-    unl = [load_dataset(audio=Path(d) / "wav", labels=Path(d) / f"{Path(d).name}.csv") for d in info.get("unlabelled_dirs", [])]
+    unl = [load_dataset(audio=Path(d) / "wav", labels=Path(d) / f"{Path(d).name}.csv") for d in info.get("unlabeled_dirs", [])]
     for d in unl:
-        d.name = "unlabelled-" + d.name
+        d.name = "unlabeled-" + d.name
     return info, folds, unl
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     best = args.final or max(results, key=lambda n: results[n]["pooled_out_of_fold"]["roc_auc"])
     kind, params, semi = CANDIDATES[best]
 
-    # the final model: every fold's clips (and unlabelled clips when semi-supervised)
+    # the final model: every fold's clips (and unlabeled clips when semi-supervised)
     xs, ys = [], []
     for fold in folds:
         seqs, _ = compute_sequences(fold.clips, config, cache_dir=cache, progress=False)
@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sum(len(v) for v in info['fold_files'].values())} source files listed in data/bootstrap_sources.csv "
                 "(bird calls and bird soundscapes; other animals, music, vehicles, weather, machines), placed at random "
                 "SNRs over synthetic and recorded backgrounds, plus a share of synthetic bird calls (data/synthetic.py)"
-                + (f"; {len(unlabeled)} unlabelled clips of the same sources" if unlabeled else "")
+                + (f"; {len(unlabeled)} unlabeled clips of the same sources" if unlabeled else "")
             ),
             "packages": info["packages"],
             "folds": info["folds"],
             "clips_per_fold": info["clips_per_fold"],
-            "unlabelled_per_fold": info.get("unlabelled_per_fold", 0),
+            "unlabeled_per_fold": info.get("unlabeled_per_fold", 0),
             "mix": info["mix"],
             "recipe": "scripts/build_bootstrap_set.py (data/bootstrap.py), then scripts/train_default_model.py",
         },

@@ -1,4 +1,4 @@
-"""pipeline/audio.py: format round trips, resampling, block independence, bounded memory, bad inputs."""
+"""pipeline/frontend/audio.py: format round trips, resampling, block independence, bounded memory, bad inputs."""
 
 from __future__ import annotations
 

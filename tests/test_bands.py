@@ -1,4 +1,4 @@
-"""pipeline/bands.py: band-limited folded products equal the full-length product and fold."""
+"""pipeline/frontend/bands.py: band-limited folded products equal the full-length product and fold."""
 
 from __future__ import annotations
 

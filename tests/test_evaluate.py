@@ -87,13 +87,13 @@ def test_evaluate_scores_every_clip_and_lists_unreadable_ones(challenge, cache, 
 
 def test_crossval_gives_one_result_per_held_out_dataset(challenge, cache, tmp_path):
     datasets = [load_dataset(p) for p in challenge.values()]
-    seen_unlabelled = []
+    seen_unlabeled = []
 
     class Recording(SimpleDetector):
         kind = "test-recording-logistic"
 
         def fit(self, sequences, labels, unlabeled=None):
-            seen_unlabelled.append(None if unlabeled is None else len(unlabeled))
+            seen_unlabeled.append(None if unlabeled is None else len(unlabeled))
             return super().fit(sequences, labels)
 
     run = crossval(
@@ -104,7 +104,7 @@ def test_crossval_gives_one_result_per_held_out_dataset(challenge, cache, tmp_pa
     assert [r.train_on for r in run.results] == [
         ["warblrb10k", "BirdVox-DCASE-20k"], ["ff1010bird", "BirdVox-DCASE-20k"], ["ff1010bird", "warblrb10k"],
     ]
-    assert seen_unlabelled == [8, 8, 8]  # the held-out audio, unlabelled
+    assert seen_unlabeled == [8, 8, 8]  # the held-out audio, unlabeled
     metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
     assert set(metrics["datasets"]) == {"ff1010bird", "warblrb10k", "BirdVox-DCASE-20k"}
     aucs = [metrics["datasets"][n]["roc_auc"] for n in metrics["datasets"]]
@@ -112,9 +112,9 @@ def test_crossval_gives_one_result_per_held_out_dataset(challenge, cache, tmp_pa
     with open(tmp_path / "cv" / "predictions.csv") as f:
         assert sum(1 for _ in f) == 1 + 24  # every clip scored once, by the fold that held it out
     # without the semi-supervised option the held-out audio is never passed
-    seen_unlabelled.clear()
+    seen_unlabeled.clear()
     crossval(datasets[:2], Recording, None, config=FAST, semi_supervised=False, cache_dir=cache, n_boot=0, progress=False)
-    assert seen_unlabelled == [None, None]
+    assert seen_unlabeled == [None, None]
 
 
 def test_crossval_refuses_hidden_labels_and_single_dataset(challenge, tmp_path):

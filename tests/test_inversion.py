@@ -200,14 +200,14 @@ def test_full_loss_trains_and_lowers_the_reconstruction_error():
     assert len(h) == 8 and all(np.isfinite([r["total"] for r in h]))
     assert h[0]["entropy"] == 0.0  # warm-up: the entropy term starts at weight 0
     assert h[-1]["recon"] < h[0]["recon"]
-    assert h[-1]["entropy"] > 0  # the unlabelled clips were used
+    assert h[-1]["entropy"] > 0  # the unlabeled clips were used
 
 
 def test_conformance(tmp_path):
     check_detector(lambda seed: InversionDetector(widths=(8, 8), max_epochs=15, random_state=seed), tmp_path)
 
 
-def test_not_fitted_and_bad_unlabelled():
+def test_not_fitted_and_bad_unlabeled():
     with pytest.raises(DetectorError, match="not fitted"):
         InversionDetector().predict_proba([np.zeros((5, 3), np.float32)])
     X, y = easy_sequences(10, 6)

@@ -1,4 +1,4 @@
-"""pipeline/scattering.py: streamed == whole, agreement with kymatio, known answers, metadata."""
+"""pipeline/frontend/scattering.py: streamed == whole, agreement with kymatio, known answers, metadata."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
 
 
 def test_analyze_without_labels_and_with_some_stages(synthetic_set, tmp_path):
-    """Unlabelled clips and a subset of stages: only those stages' figures, the page links only them, a clip's
+    """Unlabeled clips and a subset of stages: only those stages' figures, the page links only them, a clip's
     name is escaped, and every table sits in a horizontally scrolling box."""
     net, (c, t) = random_inversion_net(0, n_channels=5, n_frames=20)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests of pipeline/thresholding.py: the frame algebra against dense matrices and Monte Carlo, the rule's
+"""Tests of pipeline/frontend/thresholding.py: the frame algebra against dense matrices and Monte Carlo, the rule's
 orthonormal limit, the pipeline stage (noise level, pure noise, a tone), streaming, and the denoising
 benchmark's claims on a few draws."""
 
@@ -204,7 +204,7 @@ def test_rule_filters_and_keep_costs_of_the_pipeline_match_the_frame(front_end):
         err = np.abs(spectra[k] - ref).max() / np.abs(ref).max()
         assert err < (2e-2 if k in cut else 1e-5), k
         assert rule.rho[k] == pytest.approx(fr.rho[k], rel=2e-2 if k in cut else 1e-6)
-    # the band-limited product (pipeline/bands.py) equals the full folded product
+    # the band-limited product (pipeline/frontend/bands.py) equals the full folded product
     x = torch.from_numpy(np.random.default_rng(10).standard_normal(n).astype(np.float32))
     X = torch.fft.fft(x)[None]
     ks = front_end.first_order_k()

@@ -1,4 +1,4 @@
-"""Tests of pipeline/training.py and the ``train`` command: inputs, errors, feature cache, end to end."""
+"""Tests of pipeline/train/training.py and the ``train`` command: inputs, errors, feature cache, end to end."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ FAST = {"max_epochs": 3, "widths": [8, 8]}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """A small BAD-style folder (16 clips of 2 s, loud birds) and a folder of two 12 s unlabelled recordings."""
+    """A small BAD-style folder (16 clips of 2 s, loud birds) and a folder of two 12 s unlabeled recordings."""
     root = tmp_path_factory.mktemp("bad")
     write_dataset(root / "bad", 16, duration=2.0, snr_db=(10.0, 20.0), seed=3)
     write_dataset(root / "unl", 2, duration=12.0, seed=4, datasetid="unl")
@@ -106,7 +106,7 @@ def test_error_single_class(dataset, tmp_path, no_training):
         run_train(tmp_path / "m.pt", audio=dataset / "bad" / "wav", labels=_labels(tmp_path, text), config=CONFIG)
 
 
-def test_error_unlabelled_folder_without_audio(dataset, tmp_path, no_training):
+def test_error_unlabeled_folder_without_audio(dataset, tmp_path, no_training):
     empty = tmp_path / "nothing"
     empty.mkdir()
     (empty / "notes.txt").write_text("no audio here")
@@ -186,7 +186,7 @@ def test_features_windows_and_cache(dataset, warm):
     n_frames_2s = -(-2 * CONFIG.sample_rate // CONFIG.hop_samples)
     assert len(first.sequences) == 16 and all(s.shape == (n_frames_2s, 63) for s in first.sequences)
     # 12 s recordings in 5 s windows: [0,5), [5,10) and the end-aligned [7,12)
-    assert first.n_unlabelled_files == 2 and len(first.unlabeled) == 6
+    assert first.n_unlabeled_files == 2 and len(first.unlabeled) == 6
     assert (first.cache_hits, first.cache_misses) == (0, 18)
     assert (cache / CONFIG.hash / "config.json").exists()
 
@@ -235,7 +235,7 @@ def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys)
             "--order", "1", "--threshold", "none", "--window", "5", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "16 labelled clip(s)" in out and "6 unlabelled window(s)" in out and "18 from the cache, 0 computed" in out
+    assert "16 labelled clip(s)" in out and "6 unlabeled window(s)" in out and "18 from the cache, 0 computed" in out
     det = load_detector(model, expected_config=CONFIG)
     assert isinstance(det, InversionDetector) and det.n_channels_ == 63 and det.max_epochs == 3
     p = det.predict_proba(warm[2].sequences)

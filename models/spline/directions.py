@@ -35,7 +35,7 @@ class FeatureSpace:
         raw log-scattering frames.
     log_eps : float
     order, frequency, frequency2 : ndarray, (channels,), optional
-        Channel metadata from the :class:`~pipeline.scattering.Scattergram`; without it the channel axis is
+        Channel metadata from the :class:`~scatterbird.pipeline.frontend.scattering.Scattergram`; without it the channel axis is
         treated as a frequency axis.
     """
 

@@ -1,8 +1,8 @@
 """Batch detection over many recordings: the per-file work, and the driver that runs it and writes the store.
 
 The per-file work, :func:`detect_file`, is a pure function of (path, detector, window parameters): it streams
-the recording, scatters it chunk by chunk, cuts windows span by span (:mod:`pipeline.segments`), scores them
-in small batches and returns a :class:`~pipeline.store.FileResult`. It never touches the store, and it
+the recording, scatters it chunk by chunk, cuts windows span by span (:mod:`scatterbird.pipeline.detect.windows`), scores them
+in small batches and returns a :class:`~scatterbird.pipeline.detect.store.FileResult`. It never touches the store, and it
 never raises for a bad recording: the failure and its reason are in the result.
 
 The driver, :func:`run_detect`, finds the inputs, resumes or starts a run in the store, skips the files already
@@ -20,7 +20,7 @@ All three are the executors of :mod:`pipeline.executor`.
 
 ``shard=(i, N)`` keeps the files whose path hashes to shard ``i`` of ``N`` (1-based), so N independent jobs
 (e.g. a SLURM array) split a collection without talking to each other; each writes its own store, and
-:func:`pipeline.store.merge_stores` combines them.
+:func:`scatterbird.pipeline.detect.store.merge_stores` combines them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from scatterbird.version import __version__
 #: Windows scored together in one ``predict_proba`` call (bounds the memory of the scoring step).
 SCORE_BATCH = 8
 
-#: Seconds of audio between two hand-backs of the allocator's free memory (:mod:`pipeline.memory`).
+#: Seconds of audio between two hand-backs of the allocator's free memory (:mod:`scatterbird.pipeline.detect.memory`).
 RELEASE_EVERY_S = 600.0
 
 
@@ -67,7 +67,7 @@ class DetectParams:
     Parameters
     ----------
     window_s, hop_s : float
-        Window length and hop in seconds (see :mod:`pipeline.segments` for the last-window policy).
+        Window length and hop in seconds (see :mod:`scatterbird.pipeline.detect.windows` for the last-window policy).
     min_conf : float
         Windows scoring at least this are merged into events.
     """
@@ -372,7 +372,7 @@ def run_detect(
     Parameters
     ----------
     inputs : sequence of path
-        Files, directories (recursive) and ``.txt``/``.lst`` path lists (see :func:`pipeline.inputs.find_audio`).
+        Files, directories (recursive) and ``.txt``/``.lst`` path lists (see :func:`scatterbird.pipeline.frontend.inputs.find_audio`).
     outdir : path
         Output directory: the store, and the exports.
     model_path : path, optional
@@ -389,7 +389,7 @@ def run_detect(
     shard : (int, int), optional
         Process only shard ``i`` of ``N`` into ``OUTDIR/scatterbird.shard-i-of-N.sqlite``.
     formats : sequence of str
-        Exports written at the end (see :mod:`pipeline.exports`); none for a shard.
+        Exports written at the end (see :mod:`scatterbird.pipeline.detect.exports`); none for a shard.
     progress : bool
         Show a progress bar (stderr).
     log : callable

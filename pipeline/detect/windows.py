@@ -16,7 +16,7 @@ So the windows always cover the recording exactly: the first starts at 0, the la
 starts no later than the previous one ends, and none reaches outside the recording.
 
 A frame belongs to a window when its centre lies in the window: frame ``i`` is centred on sample
-``i * 2**J`` (see :mod:`pipeline.scattering`), so window ``[a, b)`` holds frames
+``i * 2**J`` (see :mod:`scatterbird.pipeline.frontend.scattering`), so window ``[a, b)`` holds frames
 ``ceil(a / 2**J) <= i < ceil(b / 2**J)``.
 
 Streaming: windows are produced span by span as the scattergram chunks arrive; only the frames of the windows
@@ -221,7 +221,7 @@ def iter_windows(
         Window length and hop.
     total_samples : callable
         Returns the recording's length in samples at the pipeline rate; called once, after the chunks are
-        exhausted (e.g. ``lambda: stream.samples_out`` for an :class:`~pipeline.audio.AudioStream`).
+        exhausted (e.g. ``lambda: stream.samples_out`` for an :class:`~scatterbird.pipeline.frontend.audio.AudioStream`).
 
     Yields
     ------

@@ -123,12 +123,12 @@ def _provenance(run: RunResult) -> dict[str, Any]:
     if run.kind == "crossval":
         extra = m.get("unlabeled_by_dataset") or {}
         if m.get("semi_supervised"):
-            unl = "the held-out dataset's audio, unlabelled"
+            unl = "the held-out dataset's audio, unlabeled"
         elif extra:
-            unl = f"{sum(extra.values())} unlabelled clips belonging to the training datasets"
+            unl = f"{sum(extra.values())} unlabeled clips belonging to the training datasets"
         else:
             unl = "none"
-        note = f"retrained for each held-out dataset; unlabelled data: {unl}"
+        note = f"retrained for each held-out dataset; unlabeled data: {unl}"
     c = run.config
     return {
         "model": {"kind": str(m.get("kind", "?")), "hash": m.get("model_hash"), "path": m.get("path"), "note": note},

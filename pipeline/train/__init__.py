@@ -1,1 +1,1 @@
-"""Training detectors on labelled (and unlabelled) audio folders."""
+"""Training detectors on labelled (and unlabeled) audio folders."""

@@ -1,4 +1,4 @@
-"""Train a detector from labelled recordings (and unlabelled ones): the ``train`` command's work.
+"""Train a detector from labelled recordings (and unlabeled ones): the ``train`` command's work.
 
 Steps, in this order, so that every input problem is reported before any feature is computed or any
 training starts:
@@ -7,13 +7,13 @@ training starts:
    :mod:`pipeline.datasets` (bad label rows are skipped and reported). Each ``itemid`` must name an audio
    file (its name without extension). Both classes must be present.
 2. **Few labels, simulated.** ``labelled_fraction < 1`` keeps a stratified random share of the labels; the
-   other labelled clips join the unlabelled set with their labels hidden.
-3. **Unlabelled recordings** of any length are cut into windows exactly as detection cuts them
-   (:func:`pipeline.segments.iter_windows`), so the network trains on what it will later score.
+   other labelled clips join the unlabeled set with their labels hidden.
+3. **Unlabeled recordings** of any length are cut into windows exactly as detection cuts them
+   (:func:`scatterbird.pipeline.detect.windows.iter_windows`), so the network trains on what it will later score.
 4. **Features** go through the pipeline (streamed audio -> scattering -> pooling) by
    :mod:`pipeline.clip_features`, in this process, on local workers or on a Dask cluster, and are cached on
    disk under ``CACHE/<feature-config hash>/``, keyed by the recording's absolute path, size and
-   modification time (and the window spec for unlabelled ones): a second run recomputes nothing, and an
+   modification time (and the window spec for unlabeled ones): a second run recomputes nothing, and an
    edited recording or another configuration never reuses stale features.
 5. **The detector** is built by name from the registry of :class:`models.base.Detector` subclasses
    (``inversion``, ``rntk``, ...), fitted, given the feature configuration, and saved.
@@ -73,8 +73,8 @@ def split_labelled(
     return kept, hidden
 
 
-def find_unlabelled(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Audio files of the unlabelled inputs (directories searched recursively, files, path lists).
+def find_unlabeled(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Audio files of the unlabeled inputs (directories searched recursively, files, path lists).
 
     Raises
     ------
@@ -84,9 +84,9 @@ def find_unlabelled(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     scan = find_audio(list(inputs))
     missing = [p for p, why in scan.problems if why == "not found"]
     if missing:
-        raise TrainingError(f"unlabelled input {missing[0]} not found")
+        raise TrainingError(f"unlabeled input {missing[0]} not found")
     if not scan.files:
-        raise TrainingError(f"the unlabelled input(s) {', '.join(map(str, inputs))} hold no audio files")
+        raise TrainingError(f"the unlabeled input(s) {', '.join(map(str, inputs))} hold no audio files")
     return scan.files
 
 
@@ -113,8 +113,8 @@ class TrainingData:
     labels: np.ndarray
     unlabeled: list[np.ndarray]
     labelled_ids: list[str]
-    n_hidden: int = 0  # labelled clips used as unlabelled (labelled_fraction < 1)
-    n_unlabelled_files: int = 0
+    n_hidden: int = 0  # labelled clips used as unlabeled (labelled_fraction < 1)
+    n_unlabeled_files: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     cache_hits: int = 0
     cache_misses: int = 0
@@ -146,14 +146,14 @@ def prepare_training_data(
     audio, labels : path, optional
         Audio directory and label CSV (``itemid,hasbird``).
     unlabeled : sequence of path
-        Unlabelled recordings of any length (directories, files, path lists), cut into windows.
+        Unlabeled recordings of any length (directories, files, path lists), cut into windows.
     config : FeatureConfig
     cache_dir : path, optional
         Feature cache root; None: no cache.
     labelled_fraction : float
-        Share of labels kept (stratified); the rest of the labelled clips become unlabelled.
+        Share of labels kept (stratified); the rest of the labelled clips become unlabeled.
     window_s : float
-        Window length (and hop) for the unlabelled recordings, in seconds.
+        Window length (and hop) for the unlabeled recordings, in seconds.
     seed : int
         Seeds the choice of kept labels.
     progress : bool
@@ -165,7 +165,7 @@ def prepare_training_data(
     DatasetError
         For an unusable dataset (no labels, no usable row, labelled clips without audio).
     TrainingError
-        For unusable options or unlabelled inputs, or a single class; all before any feature is computed.
+        For unusable options or unlabeled inputs, or a single class; all before any feature is computed.
     """
     config = config or FeatureConfig()
     if (dataset is None) == (audio is None and labels is None):
@@ -183,7 +183,7 @@ def prepare_training_data(
     clips = found.clips
     check_both_classes(clips)
     kept, hidden = split_labelled(clips, labelled_fraction, seed)
-    unlab_files = find_unlabelled(unlabeled) if unlabeled else []
+    unlab_files = find_unlabeled(unlabeled) if unlabeled else []
     labelled_paths = {c.path.resolve() for c in clips}
     unlab_files = [f for f in unlab_files if f.resolve() not in labelled_paths]  # never train on a clip twice
 
@@ -191,7 +191,7 @@ def prepare_training_data(
     run = {"workers": workers, "scheduler": scheduler, "progress": progress}
     lab = compute_features([c.path for c in kept], config, cache, desc="labelled", **run)
     hid = compute_features([c.path for c in hidden], config, cache, desc="hidden-label", **run)
-    unl = compute_features(unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabelled", **run)
+    unl = compute_features(unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabeled", **run)
     ok = {p: s[0] for p, s in zip(lab.paths, lab.sequences)}
     used = [c for c in kept if c.path in ok]
     if not used:
@@ -203,7 +203,7 @@ def prepare_training_data(
         unlabeled=[w for seqs in hid.sequences + unl.sequences for w in seqs],
         labelled_ids=[c.itemid for c in used],
         n_hidden=len(hid.paths),
-        n_unlabelled_files=len(unl.paths),
+        n_unlabeled_files=len(unl.paths),
         failed=lab.failed + hid.failed + unl.failed,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
@@ -217,7 +217,7 @@ def default_cache_dir(model_path: str | os.PathLike) -> Path:
 
 
 def fit_detector(det, data: TrainingData, config: FeatureConfig):
-    """Fit ``det`` on ``data`` (with the unlabelled windows when there are any); attach the configuration."""
+    """Fit ``det`` on ``data`` (with the unlabeled windows when there are any); attach the configuration."""
     if data.unlabeled:
         det.fit(data.sequences, data.labels, unlabeled=data.unlabeled)
     else:
