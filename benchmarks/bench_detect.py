@@ -46,6 +46,7 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the small test detector
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_scattering.flop_floor
 
 from scatterbird.data.synthetic import background, bird_call  # noqa: E402
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
@@ -172,7 +173,7 @@ def kymatio_baseline(folder: Path, seconds: float) -> tuple[float, float]:
 def scattering_floor(folder: Path) -> float:
     """The front end's operation-count floor (bench_scattering.flop_floor) summed over ``folder``'s files at
     the pipeline's sample rate."""
-    from benchmarks.bench_scattering import flop_floor
+    from bench_scattering import flop_floor
     from scatterbird.pipeline.frontend.scattering import Scattering
 
     c = FeatureConfig()
