@@ -17,6 +17,7 @@ from scatterbird.pipeline.config import THRESHOLD_MODES, FeatureConfig
 from scatterbird.pipeline.datasets import Dataset, load_datasets
 from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_detect, shard_from_env
 from scatterbird.pipeline.detect.exports import export_store, parse_formats
+from scatterbird.pipeline.detect.report import ReportOptions, ReportSummary, write_report
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_store_paths, merge_stores
 from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from scatterbird.pipeline.frontend.features import extract_features
@@ -111,7 +112,31 @@ def cmd_detect(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print("\n".join(summary.lines()))
+    if not args.no_report and summary.store.name == STORE_NAME:  # a shard's report comes after `merge`
+        _print_report(write_report(args.output, run_id=summary.run.id, options=_report_options(args)))
     return EXIT_SOME_FAILED if (summary.failed or summary.problems) else EXIT_OK
+
+
+def _report_options(args: argparse.Namespace) -> ReportOptions:
+    return ReportOptions(n_files=args.report_files, n_events=args.report_events)
+
+
+def _print_report(report: ReportSummary) -> None:
+    for note in report.notes:
+        print(f"report: note: {note}", file=sys.stderr)
+    print(f"report: {report.path} ({report.strips} score strip(s), {report.clips} event clip(s))")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _print_report(write_report(args.outdir, run_id=args.run, options=_report_options(args)))
+    return EXIT_OK
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-files", type=int, default=ReportOptions.n_files, metavar="N",
+                   help="score strips in report.html for the N files with the most events (default %(default)s)")
+    p.add_argument("--report-events", type=int, default=ReportOptions.n_events, metavar="K",
+                   help="top events in report.html with a sound clip and a scattergram (default %(default)s)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -317,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="i/N", help="process shard i of N (1-based) into its own store; default "
                    "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="do not write OUTPUT/report.html")
+    _add_report_options(p)
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("export", help="re-export a run from a results store")
@@ -330,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
     p.add_argument("--run", type=int, help="run id (default: the latest)")
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("report", help="write OUTDIR/report.html for a run from its results store")
+    p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    _add_report_options(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("merge", help="combine shard stores into OUTDIR/scatterbird.sqlite and export")
     p.add_argument("outdir", help="output directory (its scatterbird.shard-*.sqlite are merged by default)")
