@@ -404,10 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="score labelled challenge datasets with a model: ROC AUC per dataset, harmonic mean, HTML report",
         description=(
             "Score every clip of each dataset with a trained model (default: the bundled one) and write "
-            "OUTPUT/metrics.json (per dataset: clips, positives, ROC AUC with a bootstrap 95%% interval; the "
+            "OUTPUT/metrics.json (per dataset: clips, positives, ROC AUC with a bootstrap 95% interval; the "
             "harmonic mean of the AUCs, the DCASE 2018 score), OUTPUT/predictions.csv (itemid,prob: the challenge's "
             "submission form), OUTPUT/scores.csv, ROC and histogram PNGs and OUTPUT/report.html. Datasets with "
-            "hidden labels (the evaluation sets) are scored without AUC. Unreadable clips are listed, not fatal. "
+            "hidden labels (the evaluation sets) are scored without AUC. Unreadable clips are listed, not fatal: "
+            "predictions.csv gives them prob 0.5, listed in OUTPUT/predictions_defaulted.csv. "
             "Exit status: 0 all clips scored, 1 some clips missing or unreadable, 2 usage or input error."
         ),
     )
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a trained detector file (default: the bundled data/default_model.pt)")
     p.add_argument("--labels", help="itemid,hasbird CSV labelling the clips (optional)")
     p.add_argument("--ext", action="append", help="extension to look for in directories (repeatable)")
-    p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
+    p.add_argument("--cache", help="feature cache folder (default: features/ in the user cache folder)")
     p.add_argument("--max-clips", type=int, default=64, help="clips for templates, codes, beta sweep (default %(default)s)")
     p.add_argument("--detail-clips", type=int, default=4,
                    help="clips for exact region counts, local complexity, rugosity (default %(default)s)")

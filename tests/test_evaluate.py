@@ -47,7 +47,7 @@ def _fit_simple(dataset, config=FAST, cache=None) -> SimpleDetector:
     return det
 
 
-def test_evaluate_scores_every_clip_and_lists_unreadable_ones(challenge, cache, tmp_path):
+def test_evaluate_scores_every_clip_and_lists_unreadable_ones(challenge, cache, tmp_path, capsys):
     ds = {n: load_dataset(p) for n, p in challenge.items()}
     det = _fit_simple(ds["ff1010bird"], cache=cache)
     # a copy of warblrb10k with one clip damaged: listed, not fatal
@@ -77,12 +77,27 @@ def test_evaluate_scores_every_clip_and_lists_unreadable_ones(challenge, cache, 
         aucs.append(ref)
     assert metrics["harmonic_mean_auc"] == pytest.approx(2 / (1 / aucs[0] + 1 / aucs[1]), abs=1e-6)
     assert metrics["feature_config_hash"] == FAST.hash and metrics["model"]["kind"] == SimpleDetector.kind
-    # the submission form: itemid,prob for every scored clip
+    # the submission form: itemid,prob for every labelled clip, the unreadable one with the flagged default
     with open(out / "predictions.csv") as f:
         pred = list(csv.reader(f))
-    assert pred[0] == ["itemid", "prob"] and len(pred) == 1 + 7 + 8
-    assert bad.stem not in {r[0] for r in pred}
+    assert pred[0] == ["itemid", "prob"] and len(pred) == 1 + 8 + 8
+    assert [r[0] for r in pred[1:]] == [c.itemid for d in targets for c in d.clips]
+    written = {r[0]: r[1] for r in pred[1:]}
+    assert written[bad.stem] == "0.500000"
+    scored = {r["itemid"]: r["prob"] for r in rows if r["prob"]}
+    assert all(written[i] == p for i, p in scored.items()) and len(scored) == 15
+    with open(out / "predictions_defaulted.csv") as f:
+        flagged = list(csv.DictReader(f))
+    assert [(r["dataset"], r["itemid"], r["prob"]) for r in flagged] == [("warblrb10k", bad.stem, "0.500000")]
+    assert flagged[0]["reason"] == metrics["failed"][0]["reason"]
+    assert metrics["failed"][0]["prob_in_predictions"] == 0.5
+    err = capsys.readouterr().err
+    assert "1 clip(s) could not be read; predictions.csv gives them prob 0.5" in err
     assert run.n_failed == 1
+    # a rerun where every clip reads leaves no stale list of defaulted clips
+    evaluate(det, [ds["BirdVox-DCASE-20k"]], out, cache_dir=cache, n_boot=0, n_worst=0, progress=False)
+    assert not (out / "predictions_defaulted.csv").exists()
+    assert "could not be read" not in capsys.readouterr().err
 
 
 def test_crossval_gives_one_result_per_held_out_dataset(challenge, cache, tmp_path):
@@ -174,16 +189,54 @@ def test_cli_crossval_kind_and_its_deprecated_alias(challenge, cache, tmp_path, 
     assert err[1].startswith(f"scatterbird crossval: error: detector '{SimpleDetector.kind}' takes no parameter 'nope'")
 
 
-def test_worst_clips_are_ranking_mistakes_only(tmp_path):
-    y = [0, 0, 0, 1, 1, 1, 1]
-    s = np.array([0.1, 0.7, 0.9, 0.8, 0.95, 0.6, 0.99])
+def _result(tmp_path, y, s) -> DatasetResult:
     clips = [Clip(f"c{i}", tmp_path / f"c{i}.wav", v, "d") for i, v in enumerate(y)]
     data = Dataset("d", tmp_path / "d.csv", tmp_path, clips=clips)
     reasons = [None] * len(y)
-    r = DatasetResult(data, s, reasons, metrics_for(data, s, reasons, 0, 0))
+    return DatasetResult(data, np.asarray(s, dtype=float), reasons, metrics_for(data, np.asarray(s, dtype=float), reasons, 200, 0))
+
+
+def test_worst_clips_are_defined_by_rank(tmp_path):
+    """The highest-scoring negatives and the lowest-scoring positives, whatever the threshold: the case of the
+    issue (negatives at 0.13 listed, a positive at 0.18 not) cannot happen with a list long enough."""
+    y = [0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.13, 0.9, 0.8, 0.95, 0.18, 0.99]
+    r = _result(tmp_path, y, s)
     fp, fn = worst_clips(r, 5)
-    # c2 (0.9) outranks c3 and c5; c1 (0.7) outranks c5; c0 (0.1) outranks none
-    assert fp == [2, 1]
-    # c5 (0.6) is outranked by c1 and c2; c3 (0.8) by c2; c4 and c6 by none
-    assert fn == [5, 3]
-    assert worst_clips(r, 1) == ([2], [5])
+    assert fp == [2, 1, 0]  # every negative, highest first (0.9, 0.13, 0.1)
+    assert fn == [5, 3, 4, 6]  # every positive, lowest first (0.18, 0.8, 0.95, 0.99)
+    assert worst_clips(r, 2) == ([2, 1], [5, 3])
+    # ties keep the label file's order; an unreadable clip is never listed
+    r = _result(tmp_path, [0, 0, 1, 1], [0.4, 0.4, 0.4, 0.7])
+    assert worst_clips(r, 2) == ([0, 1], [2, 3])
+    r.reasons[0] = "unreadable"
+    r.scores[0] = np.nan
+    assert worst_clips(r, 2) == ([1], [2, 3])
+
+
+def test_small_sample_warning(tmp_path):
+    """A three-clip AUC of 1 with the interval [1, 1] is flagged: in metrics.json, the table and the report."""
+    r = _result(tmp_path, [0, 1, 1], [0.1, 0.8, 0.9])
+    m = r.metrics
+    assert m.auc == 1.0 and m.ci == (1.0, 1.0)
+    j = m.to_json()
+    assert j["small_sample"] is True
+    assert "2 clip(s) with birds and 1 without" in j["warning"] and "not meaningful" in j["warning"]
+    # ten of each class: no warning
+    big = _result(tmp_path, [0] * 10 + [1] * 10, np.linspace(0, 1, 20))
+    assert big.metrics.warning is None and big.metrics.to_json()["small_sample"] is False
+    # nine positives: warned
+    assert _result(tmp_path, [0] * 10 + [1] * 9, np.linspace(0, 1, 19)).metrics.warning
+    from scatterbird.pipeline.evaluate.results import RunResult
+
+    run = RunResult("evaluate", [r, big], FAST, {"kind": "test"}, 1.0)
+    table = run.table()
+    assert "1.000*" in table and f"* d: {m.warning}" in table
+    assert table.count("*") == 2  # the big set is not marked
+
+
+def test_evaluate_help_shows_a_single_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "95%" in out and "95%%" not in out

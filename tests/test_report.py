@@ -24,17 +24,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class _Refs(HTMLParser):
-    """Collects every src/href and the visible text of a page."""
+    """Collects every src/href, the sources of <audio> elements and the visible text of a page."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[str] = []
+        self.audio: list[str] = []
         self.text: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         for k, v in attrs:
             if k in ("src", "href") and v is not None:
                 self.refs.append(v)
+                if tag == "audio" and k == "src":
+                    self.audio.append(v)
 
     def handle_data(self, data):
         self.text.append(data)
@@ -106,6 +109,53 @@ def test_report_content(report_dir):
     assert "worst false positives" in text and "worst false negatives" in text
     assert ".wav" in text  # each shown clip is named by its file
     assert "the published dataset has 8,000 clips" in text  # data checks are shown
+    # six clips a set: each AUC is flagged as resting on a small sample
+    for name in ("warblrb10k", "BirdVox-DCASE-20k"):
+        warning = metrics["datasets"][name]["warning"]
+        assert metrics["datasets"][name]["small_sample"] and warning in text
+    # the lists are defined by rank, and the heading says so
+    assert "by rank" in text and "highest-scoring clips without birds" in text
+    # the unreadable clip's default in predictions.csv is said, with the list of defaulted clips
+    assert "prob 0.5" in text and "predictions_defaulted.csv" in parser.refs
+
+
+def test_report_plays_every_listed_clip(report_dir):
+    """One <audio> per listed clip, its source a WAV next to the report: mono, at most 10 s, the clip's sound."""
+    parser = _Refs()
+    html = (report_dir / "report.html").read_text(encoding="utf-8")
+    parser.feed(html)
+    clip_imgs = [r for r in parser.refs if r.startswith("clips/") and r.endswith(".png")]
+    assert parser.audio and len(parser.audio) == len(clip_imgs)
+    assert html.count("<audio controls") == len(parser.audio)
+    for src in parser.audio:
+        path = report_dir / src
+        assert path.is_file() and src.endswith(".wav")
+        info = sf.info(str(path))
+        assert info.channels == 1 and info.samplerate == FAST.sample_rate and 0 < info.duration <= 10.0
+        assert np.abs(sf.read(str(path))[0]).max() > 0  # sound, not silence
+    # every excerpt written is played (nothing stale)
+    assert {str(p.relative_to(report_dir)) for p in report_dir.rglob("*.wav")} == set(parser.audio)
+
+
+def test_clip_audio_links_a_clip_inside_the_folder_and_cuts_one_outside(tmp_path):
+    from scatterbird.pipeline.datasets import Clip
+    from scatterbird.pipeline.evaluate.report import MAX_AUDIO_S, clip_audio
+
+    out = tmp_path / "out"
+    (out / "clips").mkdir(parents=True)
+    x = np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32) * 0.1  # 12 s
+    inside = out / "audio" / "a b.wav"
+    inside.parent.mkdir()
+    sf.write(inside, x, 16000)
+    assert clip_audio(Clip("a", inside, 1, "d"), out, "clips/a.wav", 8000) == "audio/a%20b.wav"
+    assert not (out / "clips" / "a.wav").exists()
+    outside = tmp_path / "b.wav"
+    sf.write(outside, x, 16000)
+    assert clip_audio(Clip("b", outside, 1, "d"), out, "clips/b.wav", 8000) == "clips/b.wav"
+    info = sf.info(str(out / "clips" / "b.wav"))
+    assert info.samplerate == 8000 and info.frames == int(MAX_AUDIO_S * 8000)  # cut to the longest excerpt
+    outside.write_bytes(b"")
+    assert clip_audio(Clip("c", outside, 1, "d"), out, "clips/c.wav", 8000) is None  # unreadable: no player
 
 
 def test_user_strings_are_escaped(fitted, tmp_path):

@@ -127,3 +127,75 @@ def test_the_analysed_function_is_the_detectors(synthetic_set):
     with torch.no_grad():
         p = torch.stack([torch.sigmoid(model.log_odds(model.to_input(s)[None]))[0] for s in clips.sequences]).numpy()
     assert np.allclose(p, det.predict_proba(clips.sequences), atol=1e-5)
+
+
+def test_analyze_refuses_too_few_inputs_before_computing_features(synthetic_set, tmp_path, capsys, monkeypatch):
+    """Two inputs (or three, one without a label) fail at once with the reason: no feature is computed."""
+    import shutil
+
+    from scatterbird.pipeline.analysis import run as analysis_run
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were computed before the input count was checked")
+
+    monkeypatch.setattr(analysis_run, "compute_features", no_features)
+    monkeypatch.setattr(analysis_run, "scattering_for", no_features)
+    wav = tmp_path / "wav"
+    wav.mkdir()
+    for i in range(2):
+        shutil.copy(synthetic_set / "wav" / f"clip{i}.wav", wav)
+    args = ["analyze", str(wav), "--model", str(synthetic_set / "model.pt"), "-o", str(tmp_path / "o"),
+            "--cache", str(tmp_path / "cache"), "-q"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: at least 3 clips are needed, 2 usable input file(s) found" in err
+    assert not (tmp_path / "o").exists()
+    # a third file without a label in the labels file does not count
+    shutil.copy(synthetic_set / "wav" / "clip2.wav", wav / "unlabelled.wav")
+    assert cli.main([*args, "--labels", str(synthetic_set / "labels.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "at least 3 clips are needed, 2 usable input file(s) found; not used: 1 (" in err
+    assert "unlabelled.wav: no label in the labels file" in err
+
+
+def test_analyze_caches_features_in_the_user_cache_not_next_to_the_model(synthetic_set, tmp_path, monkeypatch, capsys):
+    """No --cache: the features go to $SCATTERBIRD_CACHE/features/<config hash>/; the model's folder gets
+    nothing (the bundled model's folder is inside the installed package)."""
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "model.pt").write_bytes((synthetic_set / "model.pt").read_bytes())
+    monkeypatch.setenv("SCATTERBIRD_CACHE", str(tmp_path / "user-cache"))
+    code = cli.main(["analyze", str(synthetic_set / "wav"), "--model", str(model_dir / "model.pt"), "-o", str(tmp_path / "o"),
+                     "--stages", "templates", "--detail-clips", "1", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "user-cache" / "features" / CONFIG.hash).glob("*.npz"))) == 6
+    assert [p.name for p in model_dir.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.slow  # the bundled model's default features are costly
+def test_analyze_with_the_bundled_model_caches_in_the_user_cache(tmp_path, monkeypatch, capsys):
+    """No --cache: the features go to $SCATTERBIRD_CACHE/features/<config hash>/, nothing next to the bundled
+    model inside the installed package."""
+    from scatterbird.models.registry import default_model_path, load_detector
+
+    model = default_model_path()
+    if not model.is_file():
+        pytest.skip("no bundled model in this checkout")
+    package_data = model.parent
+
+    def snapshot():
+        return {p: p.stat().st_mtime_ns for p in package_data.rglob("*") if "__pycache__" not in p.parts}
+
+    before = snapshot()
+    monkeypatch.setenv("SCATTERBIRD_CACHE", str(tmp_path / "user-cache"))
+    config = load_detector(model).feature_config
+    wav = tmp_path / "wav"
+    wav.mkdir()
+    for i in range(3):
+        mix, _, _ = make_clip(1.0, config.sample_rate, hasbird=i == 0, snr_db=10.0, background_kind="pink", n_events=1, rng=i)
+        sf.write(wav / f"c{i}.wav", mix, config.sample_rate)
+    code = cli.main(["analyze", str(wav), "-o", str(tmp_path / "o"), "--stages", "templates", "--detail-clips", "1", "-q"])
+    assert code == 0, capsys.readouterr().err
+    cached = list((tmp_path / "user-cache" / "features" / config.hash).glob("*.npz"))
+    assert len(cached) == 3
+    assert snapshot() == before and not (package_data / ".cache").exists()

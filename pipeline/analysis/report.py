@@ -114,33 +114,51 @@ def _fig_templates(a: dict, arrays: dict, path: Path) -> None:
     save_png(fig, path, dpi=90)
 
 
-def _fig_codes(stats: list[dict], path: Path) -> None:
+def _fig_codes(stats: list[dict], nearest: list[np.ndarray] | None, path: Path) -> None:
+    """Left: how far apart the clips' codes are per layer; right: the code statistics in [0, 1].
+
+    The count of cells occupied is not drawn: with a few dozen clips in a space of thousands of units every
+    clip has a cell of its own at every layer, and the curve is a flat line at the clip count; the distance
+    to the nearest other clip's code says how far from sharing a cell they are. The counts go in the title.
+    """
     layers = [s["layer"] for s in stats]
     fig = new_figure(11, 3.6)
     axes = fig.subplots(1, 2)
-    n_key = [("unique_codes", "unique codes (layer alone)"), ("unique_regions", "unique regions (layers 1..l)")]
-    for key, lab in n_key:
-        axes[0].plot(layers, [s[key] for s in stats], marker="o", label=lab)
-    axes[0].set_xlabel("layer")
-    axes[0].set_ylabel("count")
-    axes[0].set_title("partition cells occupied by the clips", fontsize=9)
-    axes[0].legend(fontsize=7)
+    ax = axes[0]
+    if nearest is not None and len(nearest) == len(layers) and all(len(v) for v in nearest):
+        med = np.array([np.median(v) for v in nearest])
+        lo = np.array([np.min(v) for v in nearest])
+        hi = np.array([np.max(v) for v in nearest])
+        ax.errorbar(layers, med, yerr=[med - lo, hi - med], marker="o", capsize=3,
+                    label="to the nearest other clip (median, min-max)")
+    for key, lab in (("hamming_within", "mean, same class"), ("hamming_between", "mean, other class"),
+                     ("mean_hamming", "mean, all pairs")):
+        vals = [s.get(key) for s in stats]
+        if all(v is not None and np.isfinite(v) for v in vals):
+            ax.plot(layers, vals, marker="o", ls="--" if key == "mean_hamming" else "-", label=lab)
+            if key == "hamming_between":
+                break  # with both classes, the pooled mean adds nothing
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Hamming distance (fraction of units)")
+    ax.set_ylim(-0.02, 1.02)
+    cells = ", ".join(str(s["unique_regions"]) for s in stats)
+    ax.set_title(f"distance between the clips' codes\n(cells occupied, layers 1..l: {cells})", fontsize=9)
+    ax.legend(fontsize=7)
     for key, lab in (
         ("unit_entropy_normalised", "mean unit entropy / log2(pieces)"),
         ("same_class_shared_region", "same-class pairs sharing a region"),
         ("knn1_accuracy", "1-NN accuracy (Hamming)"),
-        ("mean_hamming", "mean Hamming distance"),
     ):
         vals = [s.get(key) for s in stats]
         if all(v is not None for v in vals):
             axes[1].plot(layers, vals, marker="o", label=lab)
     axes[1].set_xlabel("layer")
     axes[1].set_ylim(-0.02, 1.02)
-    for ax in axes:
-        ax.set_xticks(layers)
+    for a in axes:
+        a.set_xticks(layers)
     axes[1].set_title("code statistics", fontsize=9)
     axes[1].legend(fontsize=7)
-    _layout(fig)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.14, top=0.85, wspace=0.3)
     save_png(fig, path, dpi=90)
 
 
@@ -181,6 +199,18 @@ def _fig_path(p: dict, path: Path) -> None:
     save_png(fig, path, dpi=90)
 
 
+def _slice_ticks(ax) -> None:
+    """At most five ticks per axis, small values as mantissas with a shared power of ten (the zoomed slice
+    spans about 1e-3 of the clip distance: written out in full, its tick labels run into each other)."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+        fmt = ScalarFormatter(useMathText=True)
+        fmt.set_powerlimits((-2, 3))
+        axis.set_major_formatter(fmt)
+
+
 def _slice_panel(ax, sl: dict, names: list[str], title: str) -> None:
     region = sl["region"]
     s, t = sl["s"], sl["t"]
@@ -209,6 +239,7 @@ def _slice_panel(ax, sl: dict, names: list[str], title: str) -> None:
             ax.plot(x, y, "o", color="yellow", mec="k")
             ax.annotate(n, (x, y), fontsize=7, color="k", xytext=(4, 4), textcoords="offset points",
                         bbox={"boxstyle": "round", "fc": "w", "alpha": 0.7})
+    _slice_ticks(ax)
     ax.set_xlabel("s")
     ax.set_ylabel("t")
     ax.set_title(f"{title}: {int(region.max()) + 1} regions on the {region.shape[0]}x{region.shape[1]} grid", fontsize=8)
@@ -372,7 +403,7 @@ def write_report(outdir: str | os.PathLike, analysis: Any) -> list[Path]:
     if "templates" in a:
         makers["templates.png"] = lambda p: _fig_templates(a["templates"], a, p)
     if "codes" in a:
-        makers["codes.png"] = lambda p: _fig_codes(s["codes"]["per_layer"], p)
+        makers["codes.png"] = lambda p: _fig_codes(s["codes"]["per_layer"], a["codes"].get("nearest_hamming"), p)
         makers["hamming.png"] = lambda p: _fig_hamming(a["codes"], a.get("labels"), p, len(s["codes"]["per_layer"]))
     if "power_diagram" in a:
         if a["power_diagram"].get("path") is not None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scatterbird.data import user_cache_dir
 from scatterbird.errors import AnalysisError, DatasetError
 from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.models.spline.affine import template_stats
@@ -48,9 +49,11 @@ from scatterbird.pipeline.detect.windows import pool_sequence
 from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
 from scatterbird.pipeline.frontend.features import load_scattergram, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
-from scatterbird.pipeline.train.training import default_cache_dir
 
 STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
+
+#: Clips the analyses need at the least (a 2-D slice through three clips; nearest neighbours of each).
+MIN_CLIPS = 3
 
 
 # -- the model ------------------------------------------------------------------------------------------
@@ -257,8 +260,8 @@ def run_analysis(
     if unknown:
         raise AnalysisError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     n_all = len(clips.sequences)
-    if n_all < 3:
-        raise AnalysisError(f"at least 3 clips are needed, got {n_all}")
+    if n_all < MIN_CLIPS:
+        raise AnalysisError(f"at least {MIN_CLIPS} clips are needed, got {n_all}")
     t_min = min(s.shape[0] for s in clips.sequences)
     labels_all = None if clips.labels is None else np.asarray(clips.labels).astype(int)
     order = _balanced_order(labels_all, n_all)[: opt.max_clips]
@@ -384,7 +387,12 @@ def _stage_codes(view: SplineNet, X: torch.Tensor, y: np.ndarray | None, names: 
                     "distances": [float(d) for d in dist[i]],
                 }
             )
-    arrays = {"hamming_first": hamming(codes[0]), "hamming_last": hamming(codes[deep]), "stats": stats}
+    dists = [hamming(c) for c in codes]
+    nearest = []  # per layer, each clip's distance to the nearest other clip's code
+    for d in dists:
+        off = d + np.diag(np.full(d.shape[0], np.inf))
+        nearest.append(off.min(axis=1) if d.shape[0] > 1 else np.zeros(d.shape[0]))
+    arrays = {"hamming_first": dists[0], "hamming_last": dists[deep], "nearest_hamming": nearest, "stats": stats}
     return {"per_layer": stats, "retrieval": retrieval}, arrays
 
 
@@ -531,6 +539,14 @@ def _label_for(name: str, labels: dict[str, int]) -> int | None:
     return None
 
 
+def _not_used(problems: Sequence[tuple[str, str]]) -> str:
+    """``; not used: N (first path: its reason, ...)`` for an error message, or ""."""
+    if not problems:
+        return ""
+    path, why = problems[0]
+    return f"; not used: {len(problems)} ({path}: {why}{', ...' if len(problems) > 1 else ''})"
+
+
 def load_clips(
     inputs: Sequence[str | os.PathLike],
     config: Any,
@@ -539,6 +555,7 @@ def load_clips(
     extensions: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     limit: int | None = None,
+    min_clips: int = 0,
     progress: bool = False,
 ) -> ClipSet:
     """Sequences of audio files (through the training pipeline's feature cache) or of feature files
@@ -557,6 +574,9 @@ def load_clips(
         Feature cache folder (:class:`pipeline.clip_features.FeatureCache`); None computes without caching.
     limit : int, optional
         Use at most this many files.
+    min_clips : int
+        Fewer usable inputs than this (files found, with a label when labels are given) raise
+        :class:`AnalysisError` before any feature is computed.
     progress : bool
         Progress bar on stderr while features are computed.
     """
@@ -565,6 +585,13 @@ def load_clips(
     files = [Path(p) for p in scan.files[: limit or None]]
     clips = ClipSet([], [], log_eps=float(config.log_eps), problems=list(scan.problems))
     labels = read_labels(labels_csv) if labels_csv else None
+    if labels is not None:  # a clip without a label is left out: known before any feature work
+        clips.problems.extend((str(p), "no label in the labels file") for p in files if _label_for(p.stem, labels) is None)
+        files = [p for p in files if _label_for(p.stem, labels) is not None]
+    if len(files) < min_clips:
+        raise AnalysisError(
+            f"at least {min_clips} clips are needed, {len(files)} usable input file(s) found{_not_used(clips.problems)}"
+        )
     y: list[int] = []
     found: dict[Path, np.ndarray] = {}
     audio = [p for p in files if p.suffix.lower() != ".npz"]
@@ -592,11 +619,7 @@ def load_clips(
         if p not in found:
             continue
         if labels is not None:
-            lab = _label_for(p.stem, labels)
-            if lab is None:
-                clips.problems.append((str(p), "no label in the labels file"))
-                continue
-            y.append(lab)
+            y.append(_label_for(p.stem, labels))
         clips.names.append(p.stem)
         clips.sequences.append(found[p])
     if labels is not None:
@@ -622,7 +645,10 @@ def analyze_inputs(
     model_path : path, optional
         Default: the bundled default model (``data/default_model.pt``).
     cache_dir : path, optional
-        Feature cache; default: the training cache next to the model file (``<model dir>/.cache``).
+        Feature cache; default: ``features/`` in the user cache folder
+        (:func:`scatterbird.data.user_cache_dir`), never next to the model, which may sit inside the installed
+        package. The cache keys its entries by the feature configuration's hash and each file's path, size
+        and modification time.
 
     Returns
     -------
@@ -636,10 +662,15 @@ def analyze_inputs(
     model_path = Path(model_path) if model_path is not None else default_model_path()
     config = det.feature_config or FeatureConfig()
     model = spline_model(det)  # refuse a model without a piecewise-affine network before any audio work
-    cache = cache_dir if cache_dir is not None else default_cache_dir(model_path)
-    clips = load_clips(inputs, config, labels_csv=labels_csv, extensions=extensions, cache_dir=cache, progress=progress)
-    if len(clips.sequences) < 3:
-        raise AnalysisError(f"at least 3 usable clips are needed, got {len(clips.sequences)}")
+    cache = cache_dir if cache_dir is not None else user_cache_dir() / "features"
+    clips = load_clips(
+        inputs, config, labels_csv=labels_csv, extensions=extensions, cache_dir=cache, min_clips=MIN_CLIPS,
+        progress=progress,
+    )
+    if len(clips.sequences) < MIN_CLIPS:  # enough inputs, but some could not be read
+        raise AnalysisError(
+            f"at least {MIN_CLIPS} clips are needed, {len(clips.sequences)} could be read{_not_used(clips.problems)}"
+        )
     say = (lambda msg: print(f"analyze: {msg}", file=sys.stderr, flush=True)) if progress else None
     analysis = run_analysis(model, clips, options, progress=say)
     analysis.summary["model"] = {

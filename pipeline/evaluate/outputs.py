@@ -1,7 +1,10 @@
 """The files of an evaluation or cross-validation run: ``metrics.json``, ``predictions.csv``, ``scores.csv``.
 
-``predictions.csv`` (``itemid,prob``) is the challenge's submission form; ``scores.csv`` has every clip with
-its dataset, label, score and failure reason. The HTML report is drawn by :mod:`pipeline.evaluate.report`.
+``predictions.csv`` (``itemid,prob``) is the challenge's submission form, with a row for every clip: a clip
+that could not be read gets :data:`~pipeline.evaluate.results.DEFAULT_PROB` and is listed in ``predictions_defaulted.csv``
+(``dataset,itemid,prob,reason``), so a submission is complete and its guesses are known. ``scores.csv`` has
+every clip with its dataset, label, score and failure reason. The HTML report is drawn by
+:mod:`pipeline.evaluate.report`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import csv
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from scatterbird.pipeline.evaluate import report
-from scatterbird.pipeline.evaluate.results import RunResult
+from scatterbird.pipeline.evaluate.results import DEFAULT_PROB, DEFAULTED_FILE, RunResult
 
 
 def metrics_json(run: RunResult) -> dict[str, Any]:
@@ -42,7 +46,10 @@ def metrics_json(run: RunResult) -> dict[str, Any]:
         if run.kind == "crossval":
             d["trained_on"] = r.train_on
         out["datasets"][r.metrics.name] = d
-        out["failed"] += [{"dataset": r.metrics.name, "itemid": i, "path": p, "reason": why} for i, p, why in r.metrics.failed]
+        out["failed"] += [
+            {"dataset": r.metrics.name, "itemid": i, "path": p, "reason": why, "prob_in_predictions": DEFAULT_PROB}
+            for i, p, why in r.metrics.failed
+        ]
     return out
 
 
@@ -63,14 +70,32 @@ def write_outputs(run: RunResult, outdir: str | os.PathLike, worst: Mapping[str,
     run.outdir = out
     with open(out / "metrics.json", "w") as f:
         json.dump(metrics_json(run), f, indent=2)
-    # The challenge's submission form: every scored clip, all datasets, in label-file order.
+    # The challenge's submission form: every clip, all datasets, in label-file order; a submission with
+    # rows missing is refused, so an unreadable clip gets the uninformative default and is listed apart.
+    defaulted = []
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["itemid", "prob"])
         for r in run.results:
-            for c, s, ok in zip(r.dataset.clips, r.scores, r.ok):
-                if ok:
+            for c, s, why in zip(r.dataset.clips, r.scores, r.reasons):
+                if why is None:
                     w.writerow([c.itemid, f"{s:.6f}"])
+                else:
+                    w.writerow([c.itemid, f"{DEFAULT_PROB:.6f}"])
+                    defaulted.append([r.metrics.name, c.itemid, f"{DEFAULT_PROB:.6f}", why])
+    if defaulted:
+        with open(out / DEFAULTED_FILE, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["dataset", "itemid", "prob", "reason"])
+            w.writerows(defaulted)
+        run.files["defaulted"] = DEFAULTED_FILE
+        print(
+            f"{run.kind}: warning: {len(defaulted)} clip(s) could not be read; predictions.csv gives them prob "
+            f"{DEFAULT_PROB} (listed in {out / DEFAULTED_FILE})",
+            file=sys.stderr,
+        )
+    elif (out / DEFAULTED_FILE).exists():
+        (out / DEFAULTED_FILE).unlink()  # from an earlier run in the same folder: it would be wrong now
     with open(out / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["dataset", "itemid", "hasbird", "prob", "path", "error"])

@@ -1,8 +1,8 @@
 """The HTML report of an evaluation or cross-validation run, and its PNG figures.
 
 One self-contained folder: ``report.html`` refers only to files written next to it (``roc.png``,
-``hist_<dataset>.png``, ``clips/*.png``) by relative paths, so the folder can be copied, zipped or served
-as it is. The page is the jinja2 template ``pipeline/templates/evaluate.html``, filled with plain data
+``hist_<dataset>.png``, ``clips/*.png`` and the listed clips' audio, ``clips/*.wav``) by relative paths, so
+the folder can be copied, zipped or served as it is. The page is the jinja2 template ``pipeline/templates/evaluate.html``, filled with plain data
 prepared here; figures are drawn on :func:`~scatterbird.pipeline.html_report.new_figure` (no pyplot).
 """
 
@@ -12,12 +12,16 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import quote
 
 import numpy as np
+import soundfile as sf
 from sklearn.metrics import roc_curve
 
+from scatterbird.errors import AudioError
 from scatterbird.pipeline.datasets import Clip
-from scatterbird.pipeline.evaluate.results import DatasetResult, RunResult
+from scatterbird.pipeline.evaluate.results import DEFAULT_PROB, DEFAULTED_FILE, DatasetResult, RunResult
+from scatterbird.pipeline.frontend.audio import stream_audio
 from scatterbird.pipeline.frontend.scattering import Scattergram
 from scatterbird.pipeline.html_report import fixed, new_figure, render, save_png, written_at
 
@@ -90,7 +94,10 @@ def plot_histogram(result: DatasetResult, path: str | os.PathLike) -> bool:
 
 
 def plot_scattergram(sg: Scattergram, path: str | os.PathLike) -> None:
-    """A small image of a clip's first-order scattering channels (frequency up, time across)."""
+    """A small image of a clip's first-order scattering channels (frequency in kHz up, time in s across).
+
+    Drawn at the size the page shows it (340 px wide), so that its 9-point labels stay readable.
+    """
     rows = np.flatnonzero(sg.order == 1)
     if rows.size == 0:
         rows = np.arange(sg.S.shape[0])
@@ -99,17 +106,58 @@ def plot_scattergram(sg: Scattergram, path: str | os.PathLike) -> None:
     order = np.argsort(freqs)  # low frequency at the bottom
     img, freqs = img[order], freqs[order]
     lo, hi = np.percentile(img, [2, 99.5])
-    fig = new_figure(3.4, 1.5)
-    ax = fig.add_axes((0.17, 0.27, 0.78, 0.68))
+    fig = new_figure(3.4, 1.7)
+    ax = fig.add_axes((0.19, 0.27, 0.77, 0.69))
     t0, t1 = sg.start_time, sg.start_time + sg.n_frames / sg.frame_rate
     ax.imshow(img, aspect="auto", origin="lower", cmap="magma", vmin=lo, vmax=hi, extent=(t0, t1, 0, img.shape[0]), interpolation="nearest")
     ticks = [i for i in np.linspace(0, img.shape[0] - 1, 3).astype(int)]
-    ax.set_yticks([i + 0.5 for i in ticks])
-    ax.set_yticklabels([f"{freqs[i] / 1000:.2g}" for i in ticks], fontsize=8)
-    ax.set_ylabel("kHz", fontsize=8, labelpad=1)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlabel("s", fontsize=8, labelpad=1)
-    save_png(fig, path, dpi=80)
+    ax.set_yticks([i + 0.5 for i in ticks])  # the rows are wavelets on a log axis: label three of them
+    ax.set_yticklabels([f"{freqs[i] / 1000:.2g}" for i in ticks], fontsize=9)
+    ax.set_ylabel("frequency (kHz)", fontsize=9, labelpad=2)
+    ax.tick_params(axis="x", labelsize=9)
+    ax.set_xlabel("time (s)", fontsize=9, labelpad=1)
+    save_png(fig, path, dpi=100)
+
+
+#: Longest audio excerpt written for a listed clip (the challenge clips are 10 s long).
+MAX_AUDIO_S = 10.0
+
+
+def clip_audio(clip: Clip, out: Path, name: str, sample_rate: int) -> str | None:
+    """A relative link the report can play for a clip.
+
+    The clip itself when it lies inside the report's folder; otherwise its first :data:`MAX_AUDIO_S` s,
+    mono at ``sample_rate`` (what the detector heard), written as 16-bit WAV to ``out/name``.
+
+    Returns
+    -------
+    str or None
+        The link (URL-quoted, relative to ``out``); None when the clip cannot be read.
+    """
+    try:
+        return quote(clip.path.resolve().relative_to(out.resolve()).as_posix())
+    except ValueError:  # outside the folder: a link would break when the folder is copied
+        pass
+    take = int(MAX_AUDIO_S * sample_rate)
+    parts, n = [], 0
+    try:
+        blocks = iter(stream_audio(clip.path, sample_rate))
+    except AudioError:
+        return None
+    try:
+        for b in blocks:
+            parts.append(b)
+            n += b.size
+            if n >= take:
+                break
+    except AudioError:
+        return None
+    finally:
+        blocks.close()  # stops the decoder early and closes the file
+    if not n:
+        return None
+    sf.write(out / name, np.concatenate(parts)[:take], sample_rate, subtype="PCM_16")
+    return quote(name)
 
 
 #: Rows of the "could not be read" table shown; the rest are in metrics.json.
@@ -155,14 +203,16 @@ def _metrics_rows(run: RunResult) -> list[dict[str, Any]]:
             "auc": x.auc,
             "ci": f"{fixed(x.ci[0])} – {fixed(x.ci[1])}" if x.ci else "—",
             "failed": len(x.failed),
+            "warning": x.warning,
         })
     return rows
 
 
 def _worst_tables(
-    out: Path, worst: Mapping[str, Mapping[str, Sequence[tuple[Clip, float, Any]]]] | None
+    out: Path, worst: Mapping[str, Mapping[str, Sequence[tuple[Clip, float, Any]]]] | None, sample_rate: int
 ) -> list[dict[str, Any]]:
-    """Per dataset with mistakes, rows of (false positive, false negative) cells; draws their scattergrams."""
+    """Per dataset with listed clips, rows of (false positive, false negative) cells; draws their
+    scattergrams and gives each an audio link (:func:`clip_audio`)."""
     tables: list[dict[str, Any]] = []
     for dname, lists in (worst or {}).items():
         fp, fn = list(lists.get("fp", [])), list(lists.get("fn", []))
@@ -177,11 +227,13 @@ def _worst_tables(
                     cells.append(None)
                     continue
                 clip, score, sg = lst[i]
+                stem = f"clips/{_safe(dname)}__{key}{i + 1}__{_safe(clip.itemid)}"
                 img = None
                 if sg is not None:
-                    img = f"clips/{_safe(dname)}__{key}{i + 1}__{_safe(clip.itemid)}.png"
+                    img = f"{stem}.png"
                     plot_scattergram(sg, out / img)
-                cells.append({"img": img, "itemid": clip.itemid, "score": score, "file": clip.path.name})
+                audio = clip_audio(clip, out, f"{stem}.wav", sample_rate)
+                cells.append({"img": img, "audio": audio, "itemid": clip.itemid, "score": score, "file": clip.path.name})
             rows.append(cells)
         tables.append({"name": dname, "rows": rows})
     return tables
@@ -212,7 +264,7 @@ def write_report(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     # figures of an earlier run in the same folder would otherwise linger, unreferenced or misleading
-    for old in [*out.glob("hist_*.png"), *(out / "clips").glob("*.png")]:
+    for old in [*out.glob("hist_*.png"), *(out / "clips").glob("*.png"), *(out / "clips").glob("*__f[pn][0-9]*__*.wav")]:
         old.unlink()
     roc = None
     if plot_roc(run.results, out / "roc.png"):
@@ -243,11 +295,13 @@ def write_report(
         bootstrap={"method": b.get("method", "bootstrap"), "replicates": b.get("replicates"), "seed": b.get("seed")}
         if b
         else None,
-        files=[f for f in ("metrics.json", "predictions.csv", "scores.csv") if (out / f).exists()],
+        files=[f for f in ("metrics.json", "predictions.csv", DEFAULTED_FILE, "scores.csv") if (out / f).exists()],
+        default_prob=DEFAULT_PROB,
+        defaulted_file=DEFAULTED_FILE if (out / DEFAULTED_FILE).exists() else None,
         problems=[p for r in run.results for p in r.dataset.problems()],
         roc=roc,
         histograms=histograms,
-        worst=_worst_tables(out, worst),
+        worst=_worst_tables(out, worst, run.config.sample_rate),
         failed=failed[:MAX_FAILED_ROWS],
         n_failed=len(failed),
     )

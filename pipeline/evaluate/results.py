@@ -17,6 +17,15 @@ from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Dataset
 from scatterbird.pipeline.evaluate.metrics import bootstrap_auc_ci, harmonic_mean, roc_auc
 
+#: Below this many scored clips in either class, an AUC and its bootstrap interval are flagged: with a
+#: handful of clips per class the AUC takes a few coarse values and the resampled interval collapses.
+MIN_CLIPS_PER_CLASS = 10
+
+#: The probability ``predictions.csv`` gives a clip that could not be read: no evidence either way.
+DEFAULT_PROB = 0.5
+#: The file listing the clips given :data:`DEFAULT_PROB` (written only when there are some).
+DEFAULTED_FILE = "predictions_defaulted.csv"
+
 
 @dataclass
 class DatasetMetrics:
@@ -29,6 +38,19 @@ class DatasetMetrics:
     auc: float | None
     ci: tuple[float, float] | None
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (itemid, path, reason)
+
+    @property
+    def warning(self) -> str | None:
+        """A small-sample warning when the AUC rests on fewer than :data:`MIN_CLIPS_PER_CLASS` clips of a class."""
+        if self.auc is None or self.positives is None:
+            return None
+        neg = self.n_scored - self.positives
+        if min(self.positives, neg) >= MIN_CLIPS_PER_CLASS:
+            return None
+        return (
+            f"small sample: {self.positives} clip(s) with birds and {neg} without; below {MIN_CLIPS_PER_CLASS} "
+            "per class the AUC and its bootstrap interval are not meaningful"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """As in ``metrics.json`` (rounded; NaN as None)."""
@@ -43,6 +65,8 @@ class DatasetMetrics:
             "positives": self.positives,
             "roc_auc": num(self.auc),
             "roc_auc_ci95": None if self.ci is None else [num(self.ci[0]), num(self.ci[1])],
+            "small_sample": self.warning is not None,
+            "warning": self.warning,
         }
 
 
@@ -112,12 +136,15 @@ class RunResult:
             auc = "—" if m.auc is None or math.isnan(m.auc) else f"{m.auc:.3f}"
             ci = "" if m.ci is None or math.isnan(m.ci[0]) else f"[{m.ci[0]:.3f}, {m.ci[1]:.3f}]"
             pos = "hidden" if m.positives is None else str(m.positives)
+            if m.warning:
+                auc += "*"
             line = f"{m.name:<22} {m.n_scored:>7} {pos:>7} {auc:>7}  {ci:<16}"
             if self.kind == "crossval":
                 line += " " + " + ".join(r.train_on)
             lines.append(line.rstrip())
         hm = "—" if self.harmonic_mean_auc is None else f"{self.harmonic_mean_auc:.3f}"
         lines.append(f"{'harmonic mean AUC':<22} {'':>7} {'':>7} {hm:>7}")
+        lines += [f"* {r.metrics.name}: {r.metrics.warning}" for r in self.results if r.metrics.warning]
         return "\n".join(lines)
 
 
@@ -143,12 +170,12 @@ def harmonic_mean_auc(results: Sequence[DatasetResult]) -> float | None:
 
 
 def worst_clips(result: DatasetResult, n: int) -> tuple[list[int], list[int]]:
-    """The ranking mistakes that cost the most AUC.
+    """The clips the report shows as the worst of each class, by rank.
 
-    Worst false positives: the ``n`` highest-scored clips without birds among those that outrank some
-    clip with birds; worst false negatives: the ``n`` lowest-scored clips with birds among those that some
-    clip without birds outranks. A clip ranked correctly against every clip of the other class is no
-    mistake, and is never shown, however few mistakes there are.
+    Worst false positives: the ``n`` highest-scored clips without birds; worst false negatives: the ``n``
+    lowest-scored clips with birds. Both lists are defined by rank within their class, never by a decision
+    threshold (the AUC has none): a listed clip need not be misclassified at 0.5, and a clip not listed may
+    be. Ties keep the label file's order; unscored clips are left out.
 
     Returns
     -------
@@ -160,11 +187,7 @@ def worst_clips(result: DatasetResult, n: int) -> tuple[list[int], list[int]]:
     ok = result.ok
     neg = np.flatnonzero(ok & (y == 0))
     pos = np.flatnonzero(ok & (y == 1))
-    if neg.size == 0 or pos.size == 0:
-        return [], []
     s = result.scores
-    neg = neg[s[neg] >= s[pos].min()]
-    pos = pos[s[pos] <= s[neg].max()] if neg.size else pos[:0]
     fp = neg[np.argsort(-s[neg], kind="mergesort")][:n]
     fn = pos[np.argsort(s[pos], kind="mergesort")][:n]
     return fp.tolist(), fn.tolist()

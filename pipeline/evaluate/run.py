@@ -91,7 +91,7 @@ def evaluate(
     n_boot, seed : int
         Bootstrap replicates for the AUC intervals (0: none) and their seed.
     n_worst : int
-        False positives and false negatives shown per dataset in the report.
+        False positives and false negatives shown per dataset in the report, by rank (:func:`worst_clips`).
 
     Returns
     -------
