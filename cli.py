@@ -86,12 +86,13 @@ def cmd_features(args: argparse.Namespace) -> int:
     if not scan.files:
         return _fail(args.command, "no audio files found in the given inputs")
     run = extract_features(
-        scan.with_roots(), args.output, config, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler
+        scan.with_roots(), args.output, config, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler,
+        force=args.force,
     )
     _report_problems(run.failed, "failed")
     print(
-        f"features: {len(run.done)} file(s) written to {args.output}, {len(run.failed)} failed "
-        f"(config {config.hash})"
+        f"features: {len(run.done)} file(s) written to {args.output}, {len(run.skipped)} skipped (already done), "
+        f"{len(run.failed)} failed (config {config.hash})"
     )
     return EXIT_SOME_FAILED if (run.failed or scan.problems) else EXIT_OK
 
@@ -149,18 +150,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_failures(args: argparse.Namespace) -> int:
     with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
         run = store.run(args.run)
-        failures = store.failures(run.id)
-    for path, reason in failures:
-        print(f"{path}\t{reason}")
-    print(f"run {run.id}: {len(failures)} failure(s)", file=sys.stderr)
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+        failed = [(f["path"], f["error"] or "unknown error") for f in store.files(run.id) if f["status"] == "failed"]
+        problems = store.problems(run.id)
+    # Input problems (symlink loops, unreadable directories) are what the scan skipped, as `detect` reports
+    # them: a section of their own, not counted as failed files. Rows stay `path<TAB>reason`; headers start '#'.
+    for title, rows in (("failed files", failed), ("input problems", problems)):
+        if rows:
+            print(f"# {title} ({len(rows)})")
+            for path, reason in rows:
+                print(f"{path}\t{reason}")
+    print(f"run {run.id}: {len(failed)} failed file(s), {len(problems)} input problem(s)", file=sys.stderr)
+    return EXIT_SOME_FAILED if (failed or problems) else EXIT_OK
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    formats = parse_formats(args.format)  # a bad option is refused before anything is read
     sources = args.stores or list(iter_store_paths(args.outdir))
     if not sources:
         return _fail(args.command, f"no shard stores (scatterbird.shard-*-of-*.sqlite) in {args.outdir}")
-    formats = parse_formats(args.format)
     report = merge_stores(Path(args.outdir) / STORE_NAME, sources)
     # normally one run; with several (shards of different models), the newest is exported
     written = export_store(args.outdir, formats, run_id=max(report.runs))[1] if formats and report.runs else []
@@ -217,7 +224,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"train: {args.kind} on {len(d.labels)} labelled clip(s) ({int(d.labels.sum())} with birds) and "
         f"{len(d.unlabeled)} unlabeled window(s) ({d.n_unlabeled_files} file(s), {d.n_hidden} clip(s) with "
         f"hidden labels); features: {d.cache_hits} from the cache, {d.cache_misses} computed; fitted in "
-        f"{report.fit_seconds:.1f} s; model written to {report.model_path} (config {config.hash})"
+        f"{report.fit_seconds:.1f} s" + (f"; {report.validation}" if report.validation else "")
+        + f"; model written to {report.model_path} (config {config.hash})"
     )
     return EXIT_SOME_FAILED if d.failed or incomplete else EXIT_OK
 
@@ -312,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory for the .npz files")
     p.add_argument("--ext", action="append", help="extension to look for in directories (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every file (default: skip those whose .npz has the same configuration and "
+                        "whose source is unchanged in size and modification time)")
     _add_run_options(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_features)
@@ -353,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="write the exports here instead of OUTDIR")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("failures", help="list the files a run could not process, with the reasons")
+    p = sub.add_parser("failures", help="list the files a run could not process, with the reasons, then the "
+                                        "input problems of its scan (symlink loops, unreadable folders)")
     p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
     p.add_argument("--run", type=int, help="run id (default: the latest)")
     p.set_defaults(func=cmd_failures)

@@ -408,7 +408,9 @@ class InversionDetector(Detector):
     validation_fraction : float
         Stratified share of the labelled clips held out for early stopping (on validation AUC, ties broken by
         cross-entropy). Skipped when it would hold fewer than ``MIN_VALIDATION_PER_CLASS`` clips of a class
-        (then the last epoch's weights are kept).
+        (then the last epoch's weights are kept). After ``fit`` (and in a saved model): ``validation_auc_``,
+        the kept epoch's ROC AUC on the held-out clips (None without a split), ``n_validation_``, how many
+        clips were held out, and ``best_epoch_``, the kept epoch (0-based).
     patience : int
         Epochs without validation improvement before stopping; the best epoch's weights are kept.
     random_state : int
@@ -627,6 +629,8 @@ class InversionDetector(Detector):
         if best_state is not None:
             net.load_state_dict(best_state)
         self.best_epoch_ = best_epoch if best_state is not None else len(self.history_) - 1
+        self.validation_auc_ = float(best_key[0]) if best_key is not None else None
+        self.n_validation_ = int(len(va))
         net.eval()
         return self
 
@@ -659,7 +663,10 @@ class InversionDetector(Detector):
         tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
         tensors["mean"] = torch.from_numpy(self.mean_)
         tensors["std"] = torch.from_numpy(self.std_)
-        return tensors, {"n_channels": self.n_channels_, "best_epoch": int(getattr(self, "best_epoch_", -1))}
+        extra: dict[str, Any] = {"n_channels": self.n_channels_, "best_epoch": int(getattr(self, "best_epoch_", -1))}
+        if getattr(self, "validation_auc_", None) is not None:  # only then: a model saved without it keeps its hash
+            extra.update(validation_auc=float(self.validation_auc_), n_validation=int(self.n_validation_))
+        return tensors, extra
 
     def _set_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
         self.mean_ = tensors["mean"].numpy().astype(np.float32)
@@ -668,6 +675,9 @@ class InversionDetector(Detector):
         self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net_.eval()
         self.best_epoch_ = int(extra.get("best_epoch", -1))
+        auc = extra.get("validation_auc")  # absent from models saved before it was recorded
+        self.validation_auc_ = None if auc is None else float(auc)
+        self.n_validation_ = int(extra.get("n_validation", 0))
 
 
 def _better(new: tuple[float, float], best: tuple[float, float]) -> bool:

@@ -4,6 +4,7 @@ synthetic recordings with known bird events, scored by an easy detector trained 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from concurrent.futures.process import BrokenProcessPool
@@ -23,10 +24,10 @@ from scatterbird.pipeline.detect.batch import (
     detect_file,
     parse_shard,
     run_detect,
+    shard_files,
     shard_from_env,
-    shard_of,
 )
-from scatterbird.pipeline.detect.exports import RAVEN_COLUMNS, export_names, export_run
+from scatterbird.pipeline.detect.exports import RAVEN_COLUMNS, export_names, export_run, score_text, score_value
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
 from scatterbird.pipeline.detect.windows import frame_range, plan_windows
 from scatterbird.pipeline.frontend.scattering import Scattering
@@ -159,6 +160,23 @@ def test_release_free_memory_runs_here():
 
 
 # -- exports ------------------------------------------------------------------------------------------
+def significant_digits(text: str) -> int:
+    """Significant digits of a number as written (``0.000123`` -> 3, ``1e-05`` -> 1)."""
+    mantissa = text.lower().split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+    return len(mantissa.rstrip("0")) or 1
+
+
+def rounded(rows):
+    """Store rows with the score (4th value) rounded to 6 significant digits, times untouched."""
+    return [(r[0], r[1], r[2], float(f"{r[3]:.6g}"), *r[4:]) for r in rows]
+
+
+def test_scores_are_written_with_six_significant_digits():
+    assert [score_text(x) for x in (0.5, 1.0, 0.0, 0.12345678901234, 0.9999996, 1.234567e-05)] == [
+        "0.5", "1.0", "0.0", "0.123457", "1.0", "1.23457e-05"]
+    assert score_value(0.33333333333333331) == 0.333333
+
+
 def test_exports_parse_back_to_the_store_rows(reference):
     out, summary = reference
     with ResultsStore(out / STORE_NAME) as st:
@@ -168,12 +186,15 @@ def test_exports_parse_back_to_the_store_rows(reference):
     with open(out / "windows.csv", newline="") as f:
         r = list(csv.reader(f))
     assert r[0] == ["file", "start_s", "end_s", "score", "run_id", "model_hash", "config_hash"]
-    assert [(x[0], float(x[1]), float(x[2]), float(x[3])) for x in r[1:]] == windows
+    # times exactly as stored; scores to 6 significant digits
+    assert [(x[0], float(x[1]), float(x[2]), float(x[3])) for x in r[1:]] == rounded(windows)
     assert all(x[4:] == prov for x in r[1:])
+    assert all(significant_digits(x[3]) <= 6 for x in r[1:]) and max(len(x[3]) for x in r[1:]) > 3
     with open(out / "detections.csv", newline="") as f:
         r = list(csv.reader(f))
     assert r[0][:5] == ["file", "start_s", "end_s", "score", "peak_s"]
-    assert [(x[0], *map(float, x[1:5])) for x in r[1:]] == events
+    assert [(x[0], *map(float, x[1:5])) for x in r[1:]] == rounded(events)
+    assert all(significant_digits(x[3]) <= 6 for x in r[1:])
     assert events, "the recordings hold birds: there must be detections"
 
     names = export_names(f["path"] for f in files)
@@ -187,22 +208,23 @@ def test_exports_parse_back_to_the_store_rows(reference):
             assert int(row["Selection"]) == i and row["View"] == "Spectrogram 1" and row["Channel"] == "1"
             assert row["Begin Path"] == f["path"] and float(row["Low Freq (Hz)"]) == 0.0
             assert float(row["High Freq (Hz)"]) == SR / 2
+            assert significant_digits(row["Score"]) <= 6
             raven_rows.append((row["Begin Path"], float(row["Begin Time (s)"]), float(row["End Time (s)"]),
                                float(row["Score"]), float(row["Peak Time (s)"])))
         for line in (out / "audacity" / f"{names[f['path']]}.labels.txt").read_text().splitlines():
             a, b, label = line.split("\t")
-            assert label.startswith("bird p=")
+            assert label.startswith("bird p=") and significant_digits(label[len("bird p="):]) <= 6
             label_rows.append((f["path"], float(a), float(b), float(label[len("bird p="):])))
-    assert sorted(raven_rows) == sorted(events)
-    assert sorted(label_rows) == sorted(e[:4] for e in events)
+    assert sorted(raven_rows) == sorted(rounded(events))
+    assert sorted(label_rows) == sorted(e[:4] for e in rounded(events))
 
     doc = json.loads((out / "detections.json").read_text())
     assert doc["run"]["model_hash"] == run.model_hash and doc["run"]["config_hash"] == run.config_hash
     assert doc["run"]["feature_config"] == FAST_CONFIG.to_dict()
     assert doc["run"]["package_version"] and doc["run"]["finished_at"]
-    assert [(f["path"], *w) for f in doc["files"] for w in f["windows"]] == [tuple(w) for w in windows]
+    assert [(f["path"], *w) for f in doc["files"] for w in f["windows"]] == rounded(windows)
     assert [(f["path"], e["start_s"], e["end_s"], e["score"], e["peak_s"]) for f in doc["files"]
-            for e in f["events"]] == events
+            for e in f["events"]] == rounded(events)
     assert summary.exported and all(p.is_file() for p in summary.exported)
 
 
@@ -321,7 +343,9 @@ def test_three_shards_merged_give_the_rows_of_one_run(model, recordings, referen
         counts.append(s.files)
         assert (out / shard_store_name(i, 3)).is_file() and s.run.shard == f"{i}/3"
         assert not s.exported  # shards export nothing; the merge does
-    assert sum(counts) == len(SPECS)
+    assert counts == [2, 2, 2]  # six files, three shards: two each
+    again = run_detect([folder], out, model_path=model, params=PARAMS, shard=(2, 3))
+    assert (again.files, again.done, again.skipped) == (2, 0, 2)  # a rerun finds its own files done
     report = merge_stores(out / STORE_NAME, sorted(out.glob("scatterbird.shard-*.sqlite")))
     assert report.copied == len(SPECS) and len(report.runs) == 1
     assert_same_rows(rows(out), rows(reference[0]))
@@ -353,10 +377,41 @@ def test_shards_are_deterministic_and_from_slurm():
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     assert shard_from_env(env) == (3, 4)
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (1, 2)
-    paths = [f"/data/rec{i:03d}.wav" for i in range(300)]
-    shards = [shard_of(p, 3) for p in paths]
-    assert shards == [shard_of(p, 3) for p in paths] and set(shards) == {1, 2, 3}
-    assert min(shards.count(k) for k in (1, 2, 3)) > 70  # roughly even
+
+
+@pytest.mark.parametrize("n_files", [2, 3, 7])
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_small_batch_splits_evenly_over_the_shards(n_files, count):
+    paths = [f"/data/site{i % 2}/rec{i:03d}.wav" for i in range(n_files)]
+    shards = [shard_files(paths, i, count) for i in range(1, count + 1)]
+    # as even as possible: sizes differ by at most one, the larger shards first
+    assert [len(s) for s in shards] == [n_files // count + (i < n_files % count) for i in range(count)]
+    assert sorted(p for s in shards for p in s) == sorted(paths)  # every file exactly once
+    # deterministic: the same shards whatever order the scan found the files in
+    assert [shard_files(list(reversed(paths)), i, count) for i in range(1, count + 1)] == shards
+
+
+def test_the_progress_bar_ends_full_at_100_percent():
+    # durations whose hours do not add up exactly in floating point
+    durations = {f"/r/{i}.wav": d for i, d in enumerate([0.1, 0.2, 10.7, 3.3, 7.123456, 1e-4, 0.0])}
+    buf = io.StringIO()
+    bar = batch.AudioProgress(durations, enabled=True, file=buf)
+    for path, d in durations.items():
+        for part in np.linspace(0, d * 1.01, 7):  # partial progress, and a decoded length past the header's
+            bar.advance(path, float(part))
+        bar.advance(path, d)
+    assert bar.n_ms == bar.total_ms == 21423
+    bar.close()
+    last = buf.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("detect: 100%|") and "0.006/0.006 h" in last, last
+    assert set(last.split("|")[1]) <= {"#", "\u2588"}, last  # every cell full (ASCII or block), no partial one
+
+
+def test_a_finished_detect_run_draws_a_full_bar(model, recordings, tmp_path, capsys):
+    run_detect([recordings[0]], tmp_path / "out", model_path=model, params=PARAMS, progress=True)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("detect: 100%|") and f"files {len(SPECS)}/{len(SPECS)}" in last, last
+    assert set(last.split("|")[1]) <= {"#", "\u2588"}, last
 
 
 # -- starting -----------------------------------------------------------------------------------------

@@ -213,7 +213,10 @@ def test_detect_failures_export_and_exit_codes(model, tmp_path, capsys):
     assert (out / "windows.csv").is_file() and (out / "detections.json").is_file()
 
     assert cli.main(["failures", str(out)]) == cli.EXIT_SOME_FAILED
-    listed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    text = capsys.readouterr()
+    lines = text.out.splitlines()
+    assert lines[0] == "# failed files (2)" and "run 1: 2 failed file(s), 0 input problem(s)" in text.err
+    listed = dict(line.split("\t") for line in lines[1:])
     assert {Path(p).name for p in listed} == {"broken.wav", "silent_header.wav"}
     assert "unrecognised audio format" in listed[str(d / "broken.wav")]
 
@@ -231,6 +234,21 @@ def test_detect_failures_export_and_exit_codes(model, tmp_path, capsys):
     assert cli.main(["failures", str(out)]) == cli.EXIT_OK
 
 
+def test_failures_lists_a_symlink_loop_as_an_input_problem_as_detect_does(model, tmp_path, capsys):
+    d = tmp_path / "in"
+    write_recordings(d, [("good.wav", 3.0, True)])
+    (d / "loop").symlink_to(d, target_is_directory=True)
+    out = tmp_path / "out"
+    assert cli.main(["detect", str(d), "-o", str(out), "--model", str(model), *DETECT_OPTS]) == cli.EXIT_SOME_FAILED
+    said = capsys.readouterr().out
+    assert "1 processed, 0 skipped (already done), 0 failed" in said and "input problems (1):" in said
+    assert cli.main(["failures", str(out)]) == cli.EXIT_SOME_FAILED
+    text = capsys.readouterr()
+    loop = f"{d / 'loop'}\tsymlink loop: directory already visited, skipped"
+    assert text.out.splitlines() == ["# input problems (1)", loop]  # no failed-files section
+    assert "run 1: 0 failed file(s), 1 input problem(s)" in text.err
+
+
 def test_detect_usage_errors_exit_2(model, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(registry, "DEFAULT_MODEL_PATH", tmp_path / "no_model.pt")
     d = tmp_path / "in"
@@ -238,9 +256,15 @@ def test_detect_usage_errors_exit_2(model, tmp_path, capsys, monkeypatch):
     assert cli.main(["detect", str(d), "-o", str(tmp_path / "o")]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "no model given" in err and "scatterbird train" in err
-    bad = [["--hop", "3", "--window", "2"], ["--shard", "4/3"], ["--format", "xls"], ["--min-conf", "2"]]
+    bad = [["--hop", "3", "--window", "2"], ["--shard", "4/3"], ["--format", "xls"], ["--min-conf", "2"],
+           ["--format", ""], ["--format", " , "]]
     for opts in bad:
         assert cli.main(["detect", str(d), "-o", str(tmp_path / "o"), "--model", str(model), *opts]) == 2, opts
+        if opts[0] == "--format":  # an empty list would write nothing without a word
+            assert "error: --format" in capsys.readouterr().err
+    for command in (["export", str(tmp_path / "o")], ["merge", str(tmp_path / "o")]):
+        assert cli.main([*command, "--format", ""]) == cli.EXIT_USAGE
+        assert "error: --format is empty; choose from csv, raven, audacity, json or all" in capsys.readouterr().err
     assert cli.main(["failures", str(tmp_path / "nowhere")]) == cli.EXIT_USAGE
     assert "no results store" in capsys.readouterr().err
 

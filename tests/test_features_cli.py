@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import soundfile as sf
 
 import cli
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.frontend import features
 from scatterbird.pipeline.frontend.features import extract_features, load_scattergram
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.frontend.scattering import Scattering
@@ -102,3 +104,49 @@ def test_features_on_two_workers_write_what_one_process_writes(tmp_path):
     for _, out in one.done:
         a, b = load_scattergram(out), load_scattergram(tmp_path / "two" / Path(out).name)
         np.testing.assert_allclose(a.S, b.S, rtol=1e-5, atol=1e-5)  # one torch thread per worker: float32 rounding
+
+
+def test_a_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.wav", "b.wav"):
+        sf.write(d / name, (0.1 * rng.standard_normal(8000)).astype(np.float32), 8000)
+    computed = []
+    real = features.write_features
+
+    def counting(file, *a, **kw):
+        computed.append(Path(file[0]).name)
+        return real(file, *a, **kw)
+
+    monkeypatch.setattr(features, "write_features", counting)
+    out = tmp_path / "out"
+    run = ["features", str(d), "-o", str(out), "-q", *FAST]
+    assert cli.main(run) == 0 and sorted(computed) == ["a.wav", "b.wav"]
+    st = (d / "a.wav").stat()
+    with np.load(out / "a_wav.npz") as z:
+        assert (int(z["source_size"]), int(z["source_mtime_ns"])) == (st.st_size, st.st_mtime_ns)
+    before_a, before_b = load_scattergram(out / "a_wav.npz").S, (out / "b_wav.npz").read_bytes()
+    capsys.readouterr()
+
+    computed.clear()
+    assert cli.main(run) == 0 and computed == []  # nothing recomputed
+    assert "0 file(s) written to" in (said := capsys.readouterr().out) and "2 skipped (already done)" in said
+    assert (out / "b_wav.npz").read_bytes() == before_b
+
+    # a changed source (same size: new samples, new time) and a damaged .npz are redone, the rest skipped
+    sf.write(d / "a.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 8000)
+    os.utime(d / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert (d / "a.wav").stat().st_size == st.st_size
+    (out / "b_wav.npz").write_bytes(before_b[: len(before_b) // 2])
+    computed.clear()
+    assert cli.main(run) == 0 and sorted(computed) == ["a.wav", "b.wav"]
+    assert not np.array_equal(load_scattergram(out / "a_wav.npz").S, before_a)
+    assert load_scattergram(out / "b_wav.npz").S.shape == before_a.shape
+    computed.clear()
+    assert cli.main(run) == 0 and computed == []
+
+    # --force, or another configuration: every file again
+    assert cli.main([*run, "--force"]) == 0 and sorted(computed) == ["a.wav", "b.wav"]
+    computed.clear()
+    assert cli.main([*run, "-J", "5"]) == 0 and sorted(computed) == ["a.wav", "b.wav"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -236,10 +237,53 @@ def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 labelled clip(s)" in out and "6 unlabeled window(s)" in out and "18 from the cache, 0 computed" in out
+    # 16 clips are too few to hold out 5 of each class: the summary says so rather than print nothing
+    assert "no validation score (too few labelled clips of a class" in out
     det = load_detector(model, expected_config=CONFIG)
     assert isinstance(det, InversionDetector) and det.n_channels_ == 63 and det.max_epochs == 3
     p = det.predict_proba(warm[2].sequences)
     assert p.shape == (16,) and np.all((p >= 0) & (p <= 1))
+
+
+def _separable(n_per_class: int = 12, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Feature sequences (20 frames x 8 channels), a loud "call" in 4 channels for class 1 (the detector removes
+    each band's mean: the class must show over time): enough clips to hold out 5 per class."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n_per_class)
+    seqs = []
+    for c in y:
+        x = rng.standard_normal((20, 8))
+        x[8:12, :4] += 4.0 * c
+        seqs.append(x.astype(np.float32))
+    return seqs, y
+
+
+def test_train_prints_the_detectors_validation_score(dataset, warm, tmp_path, capsys, monkeypatch):
+    seqs, y = _separable()
+    real = warm[2]
+    data = dataclasses.replace(real, sequences=seqs, labels=y, unlabeled=[], labelled_ids=[str(i) for i in range(24)])
+    monkeypatch.setattr(training, "prepare_training_data", lambda **kw: data)  # features: tested above
+    model = tmp_path / "model.pt"
+    args = ["train", str(dataset / "bad"), "-o", str(model), "-q", "--param", "max_epochs=3",
+            "--param", "widths=[8, 8]", "--param", "validation_fraction=0.45"]  # 5 of each class held out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    det = load_detector(model)  # the score travels in the model file
+    assert det.n_validation_ == 10 and 0.5 < det.validation_auc_ <= 1.0 and 0 <= det.best_epoch_ < 3
+    assert (f"; validation ROC AUC {det.validation_auc_:.3f} on 10 held-out labelled clip(s) "
+            f"(epoch {det.best_epoch_ + 1} of 3 kept);") in out
+
+
+def test_the_validation_score_is_the_kept_epochs():
+    seqs, y = _separable(seed=1)
+    det = build_detector("inversion", {**FAST, "max_epochs": 4, "validation_fraction": 0.45}, 0).fit(seqs, y)
+    assert det.validation_auc_ == max(h["val_auc"] for h in det.history_)
+    assert det.validation_auc_ == det.history_[det.best_epoch_]["val_auc"] and det.n_validation_ == 10
+    assert training.validation_summary(det).startswith(f"validation ROC AUC {det.validation_auc_:.3f} on 10 ")
+    no_split = build_detector("inversion", {**FAST, "max_epochs": 1}, 0).fit(seqs[6:18], y[6:18])
+    assert no_split.validation_auc_ is None and no_split.n_validation_ == 0
+    assert training.validation_summary(no_split).startswith("no validation score")
+    assert training.validation_summary(object()) is None  # a detector that keeps none: nothing to say
 
 
 def test_unreadable_labelled_recording_is_reported_not_fatal(dataset, warm, tmp_path):
@@ -280,11 +324,12 @@ def test_bad_label_rows_are_skipped_and_reported(dataset, warm, tmp_path, capsys
     assert "3 bad row(s) in labels.csv skipped: line 18:" in err and "line 20: empty itemid" in err
 
 
-def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path):
+def test_train_rntk_from_the_command_line_pools_to_quarter_seconds(dataset, warm, tmp_path, capsys):
     """`--kind rntk` without --pool trains on 0.25 s steps, and the saved config says so."""
     model = tmp_path / "rntk.pt"
     args = ["train", str(dataset / "bad"), "-o", str(model), "--kind", "rntk", "--order", "1", "--threshold", "none", "-q",
             "--cache", str(warm[0])]
     assert main(args) == 0
+    assert "cross-validated ROC AUC" in capsys.readouterr().out  # its own validation score
     det = load_detector(model, expected_config=CONFIG.replace(pool_s=0.25))
     assert isinstance(det, RNTKClassifier) and det.feature_config.pool_s == 0.25

@@ -18,14 +18,14 @@ transaction per file:
 
 All three are the executors of :mod:`pipeline.executor`.
 
-``shard=(i, N)`` keeps the files whose path hashes to shard ``i`` of ``N`` (1-based), so N independent jobs
-(e.g. a SLURM array) split a collection without talking to each other; each writes its own store, and
+``shard=(i, N)`` keeps every N-th file of the sorted input list, starting at the i-th (1-based), so N
+independent jobs (e.g. a SLURM array) given the same inputs split a collection evenly without talking to each
+other, and a rerun puts each file in the same shard again; each writes its own store, and
 :func:`scatterbird.pipeline.detect.store.merge_stores` combines them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import sys
@@ -265,11 +265,67 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] 
     return parse_shard(f"{task - first + 1}/{count}")
 
 
-def shard_of(path: str, count: int) -> int:
-    """The shard (1-based) a path belongs to: a stable hash of its absolute path, so every job of an array
-    agrees without sharing a file list, and a file added meanwhile still lands in exactly one shard."""
-    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count + 1
+def shard_files(files: Iterable[str], index: int, count: int) -> list[str]:
+    """The files of shard ``index`` of ``count`` (1-based): round-robin over the sorted absolute paths.
+
+    Every job of an array scans the same inputs, so all agree on the sorted list without sharing it; the
+    shards differ in size by at most one file, also for a batch of a few files (a hash of the path splits
+    thousands evenly but can leave a shard of a small batch empty). The same inputs give the same shards on a
+    rerun, so a resumed job finds its own files done. Files added between two jobs' scans can shift the
+    split: give every job of an array the same inputs.
+    """
+    ordered = sorted({os.path.abspath(f) for f in files})
+    return ordered[index - 1::count]
+
+
+# -- progress -----------------------------------------------------------------------------------------
+class AudioProgress:
+    """The batch's progress bar, in hours of audio; each file advances it up to its header's duration.
+
+    It counts whole milliseconds (shown as hours): the per-file steps then add up to the total exactly, so a
+    finished batch is drawn full at 100 %, never one float rounding short of it.
+
+    Parameters
+    ----------
+    durations : mapping of str to float
+        Seconds of audio of each file to do (from its header; 0 when unknown).
+    enabled : bool
+        False: draw nothing.
+    file : text stream, optional
+        Where to draw; stderr when None.
+    """
+
+    def __init__(self, durations: Mapping[str, float], *, enabled: bool = True, file: Any = None) -> None:
+        self._cap_ms = {str(p): max(0, round(d * 1000)) for p, d in durations.items()}
+        self._shown_ms: dict[str, int] = {}
+        self._bar = tqdm(total=sum(self._cap_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="detect",
+                         disable=not enabled, file=file,
+                         bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]")
+
+    @property
+    def n_ms(self) -> int:
+        """Milliseconds of audio drawn so far."""
+        return int(self._bar.n)
+
+    @property
+    def total_ms(self) -> int:
+        """Milliseconds of audio to do."""
+        return int(self._bar.total or 0)
+
+    def advance(self, path: str, seconds: float) -> None:
+        """``path`` is done up to ``seconds`` of audio (calls with smaller values than before change nothing)."""
+        # A decoded length can exceed the header's by a block: never run past the file's share of the total.
+        ms = min(round(seconds * 1000), self._cap_ms.get(str(path), 0))
+        step = ms - self._shown_ms.get(str(path), 0)
+        if step > 0:
+            self._shown_ms[str(path)] = ms
+            self._bar.update(step)
+
+    def set_postfix_str(self, text: str) -> None:
+        self._bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -416,7 +472,7 @@ def run_detect(
         raise BatchError("no audio files found in the given inputs" + (f" ({detail})" if detail else ""))
     files = [os.path.abspath(f) for f in scan.files]
     if shard is not None:
-        files = [f for f in files if shard_of(f, shard[1]) == shard[0]]
+        files = shard_files(files, *shard)
     out = Path(outdir)
     store_path = out / (shard_store_name(*shard) if shard else STORE_NAME)
     invocation = {
@@ -472,22 +528,8 @@ def run_detect(
                 durations[f] = audio_info(f).duration
             except Exception:
                 durations[f] = 0.0
-        # (a hair above the sum, so that float rounding of the per-file steps never overshoots the total)
-        total_h = sum(durations.values()) / 3600 * (1 + 1e-9)
-        bar = tqdm(total=total_h, unit="h", desc="detect", disable=not progress,
-                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]")
+        bar = AudioProgress(durations, enabled=progress)
         bar.set_postfix_str(f"files 0/{len(todo)}")
-
-        shown: dict[str, float] = {}  # hours of each file already shown on the bar
-        cap_h = {str(f): d / 3600 for f, d in durations.items()}
-
-        def advance(path: str, hours: float) -> None:
-            # Decoded length can exceed the header's by a block; never run the bar past its total.
-            hours = min(hours, cap_h.get(str(path), hours))
-            step = hours - shown.get(path, 0.0)
-            if step > 0:
-                shown[path] = hours
-                bar.update(step)
 
         # Workers load the model once (from the shared file, or from its bytes sent to each Dask worker);
         # in this process the detector already loaded scores the files, advancing the bar within each.
@@ -497,7 +539,7 @@ def run_detect(
             job: Callable[[str], FileResult] = partial(worker_detect, ref=replace(ref, data=None), params=params)
         else:
             def job(p: str) -> FileResult:
-                return detect_file(p, det, params, progress=lambda s: advance(p, s / 3600))
+                return detect_file(p, det, params, progress=lambda s: bar.advance(p, s))
 
         n_seen = 0
         try:
@@ -512,7 +554,7 @@ def run_detect(
                         summary.audio_s += res.duration_s or 0.0
                     else:
                         summary.failed.append((res.path, res.error or "unknown error"))
-                    advance(res.path, durations.get(res.path, 0.0) / 3600)
+                    bar.advance(res.path, durations.get(res.path, 0.0))
                     bar.set_postfix_str(f"files {n_seen}/{len(todo)}, failed {len(summary.failed)}")
         finally:
             bar.close()  # the executor is shut down (jobs cancelled) first, also on Ctrl-C

@@ -21,9 +21,11 @@ Formats (``--format``, comma-separated; ``all`` for every one):
 ``<name>`` is the recording's path relative to the run's common directory, ``/`` replaced by ``__`` and the
 extension kept after ``_`` (``site1/dawn.wav`` -> ``site1__dawn_wav``), so names never collide.
 
-Numbers are written with Python's shortest round-trip representation: reading an export back gives exactly
-the values in the store. Every file is written to a temporary name and renamed, so an export is never seen
-half-written.
+Times are written with Python's shortest round-trip representation: reading an export back gives exactly
+the times in the store. Scores are written with 6 significant digits (:func:`score_text`): a detector's
+probability carries no more meaning than that, and 17-digit columns only hide it.
+
+Every file is written to a temporary name and renamed, so an export is never seen half-written.
 """
 
 from __future__ import annotations
@@ -49,22 +51,44 @@ RAVEN_COLUMNS = (
 )
 
 
-def parse_formats(text: str | Sequence[str] | None) -> list[str]:
-    """``"csv,raven"`` / ``["csv", "json"]`` / ``"all"`` -> a list of known formats, in FORMATS order."""
+def parse_formats(text: str | Sequence[str] | None, option: str = "--format") -> list[str]:
+    """``"csv,raven"`` / ``["csv", "json"]`` / ``"all"`` -> a list of known formats, in FORMATS order.
+
+    None (the option not given) means no exports; a given but empty list (``--format ''``) is an
+    :class:`~scatterbird.errors.OptionError` naming ``option``, as is an unknown format: either would
+    otherwise write nothing without a word.
+    """
     if text is None:
         return []
     items = text.split(",") if isinstance(text, str) else [t for x in text for t in x.split(",")]
     items = [i.strip().lower() for i in items if i.strip()]
+    if not items:
+        raise OptionError(f"{option} is empty; choose from {', '.join(FORMATS)} or all")
     if "all" in items:
         return list(FORMATS)
     unknown = sorted(set(items) - set(FORMATS))
     if unknown:
-        raise OptionError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)} or all")
+        raise OptionError(f"{option}: unknown export format(s) {', '.join(unknown)}; "
+                          f"choose from {', '.join(FORMATS)} or all")
     return [f for f in FORMATS if f in items]
+
+
+#: Significant digits of the scores in every export.
+SCORE_DIGITS = 6
 
 
 def _num(x: float) -> str:
     return repr(float(x))
+
+
+def score_value(x: float) -> float:
+    """A score rounded to :data:`SCORE_DIGITS` significant digits (what JSON writes)."""
+    return float(f"{float(x):.{SCORE_DIGITS}g}")
+
+
+def score_text(x: float) -> str:
+    """A score as the exports write it: 6 significant digits, shortest form (``0.5``, ``0.123457``)."""
+    return repr(score_value(x))
 
 
 def export_names(paths: Iterable[str]) -> dict[str, str]:
@@ -126,11 +150,11 @@ def export_run(
     if "csv" in fmts:
         written.append(_write_atomic(out / "windows.csv", _csv_text(
             ["file", "start_s", "end_s", "score", "run_id", "model_hash", "config_hash"],
-            ([p, _num(a), _num(b), _num(s), *prov] for p, a, b, s in windows),
+            ([p, _num(a), _num(b), score_text(s), *prov] for p, a, b, s in windows),
         )))
         written.append(_write_atomic(out / "detections.csv", _csv_text(
             ["file", "start_s", "end_s", "score", "peak_s", "run_id", "model_hash", "config_hash"],
-            ([p, _num(a), _num(b), _num(s), _num(t), *prov] for p, a, b, s, t in events),
+            ([p, _num(a), _num(b), score_text(s), _num(t), *prov] for p, a, b, s, t in events),
         )))
     done = [f for f in files if f["status"] == "done"]
     names = export_names(f["path"] for f in done)
@@ -142,7 +166,8 @@ def export_run(
         for f in done:
             top = min(sr, f["source_rate"] or sr) / 2.0  # the detector sees up to the lower Nyquist
             rows = [
-                [i, "Spectrogram 1", 1, _num(a), _num(b), _num(0.0), _num(top), _num(s), _num(t), f["path"], _num(a)]
+                [i, "Spectrogram 1", 1, _num(a), _num(b), _num(0.0), _num(top), score_text(s), _num(t), f["path"],
+                 _num(a)]
                 for i, (a, b, s, t) in enumerate(by_file.get(f["path"], []), start=1)
             ]
             written.append(_write_atomic(
@@ -151,7 +176,7 @@ def export_run(
     if "audacity" in fmts:
         for f in done:
             text = "".join(
-                f"{_num(a)}\t{_num(b)}\tbird p={_num(s)}\n" for a, b, s, _ in by_file.get(f["path"], [])
+                f"{_num(a)}\t{_num(b)}\tbird p={score_text(s)}\n" for a, b, s, _ in by_file.get(f["path"], [])
             )
             written.append(_write_atomic(out / "audacity" / f"{names[f['path']]}.labels.txt", text))
     if "json" in fmts:
@@ -162,10 +187,10 @@ def export_run(
 def _json_doc(store: ResultsStore, run: RunInfo, files: list[dict]) -> dict:
     w_by: dict[str, list] = defaultdict(list)
     for p, a, b, s in store.windows(run.id):
-        w_by[p].append([a, b, s])
+        w_by[p].append([a, b, score_value(s)])
     e_by: dict[str, list] = defaultdict(list)
     for p, a, b, s, t in store.events(run.id):
-        e_by[p].append({"start_s": a, "end_s": b, "score": s, "peak_s": t})
+        e_by[p].append({"start_s": a, "end_s": b, "score": score_value(s), "peak_s": t})
     return {
         "format": "scatterbird-detections/1",
         "run": {

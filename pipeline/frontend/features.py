@@ -39,8 +39,19 @@ def failure_reason(error: BaseException) -> str:
     return f"processing error ({type(error).__name__}: {error})"
 
 
-def save_scattergram(path: str | os.PathLike, sg: Scattergram, config: FeatureConfig, source: str = "") -> None:
-    """Write one ``.npz`` with ``S`` (float32, channels x frames), its metadata and the configuration."""
+def save_scattergram(
+    path: str | os.PathLike,
+    sg: Scattergram,
+    config: FeatureConfig,
+    source: str = "",
+    source_stat: tuple[int, int] | None = None,
+) -> None:
+    """Write one ``.npz`` with ``S`` (float32, channels x frames), its metadata and the configuration.
+
+    ``source_stat`` is the source recording's ``(size, mtime_ns)`` when it was read (-1, -1 when unknown): a
+    rerun of ``features`` skips the file while they and the configuration are unchanged (:func:`is_up_to_date`).
+    """
+    size, mtime_ns = source_stat if source_stat is not None else (-1, -1)
     tmp = Path(f"{os.fspath(path)}.tmp.npz")
     np.savez_compressed(
         tmp,
@@ -53,6 +64,8 @@ def save_scattergram(path: str | os.PathLike, sg: Scattergram, config: FeatureCo
         config_hash=np.str_(config.hash),
         config_json=np.str_(config.to_json()),
         source=np.str_(source),
+        source_size=np.int64(size),
+        source_mtime_ns=np.int64(mtime_ns),
     )
     os.replace(tmp, path)
 
@@ -71,6 +84,33 @@ def load_scattergram(path: str | os.PathLike) -> Scattergram:
         )
 
 
+def source_stat(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a source recording, or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def is_up_to_date(target: str | os.PathLike, source: str | os.PathLike, config: FeatureConfig) -> bool:
+    """Whether ``target`` already holds ``source``'s features for ``config``: it exists, reads back whole, and
+    records the same configuration hash and the source's present size and modification time."""
+    stat = source_stat(source)
+    if stat is None or not os.path.isfile(target):
+        return False
+    try:
+        with np.load(target, allow_pickle=False) as z:
+            if str(z["config_hash"]) != config.hash:
+                return False
+            if (int(z["source_size"]), int(z["source_mtime_ns"])) != stat:
+                return False
+            z["S"]  # decompressed in full: a damaged file fails its checksum here
+    except Exception:  # unreadable, not an npz, written before the source stat was stored: redo it
+        return False
+    return True
+
+
 def output_name(path: Path, root: Path | None) -> str:
     """A flat, collision-free output stem: the path relative to its input root, '/' replaced by '__'."""
     rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
@@ -79,8 +119,9 @@ def output_name(path: Path, root: Path | None) -> str:
 
 @dataclass
 class FeatureRun:
-    done: list[tuple[str, str]] = field(default_factory=list)  # (input, output)
+    done: list[tuple[str, str]] = field(default_factory=list)  # (input, output) computed now
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, output) already up to date
 
 
 def write_features(file: tuple[Path, Path | None], outdir: Path, config: FeatureConfig) -> str:
@@ -92,10 +133,11 @@ def write_features(file: tuple[Path, Path | None], outdir: Path, config: Feature
         When the recording cannot be used.
     """
     path, root = file
+    stat = source_stat(path)  # before reading: a file changed meanwhile is redone on the next run
     stream = stream_audio(path, config.sample_rate)
     sg = concatenate(list(scattering_for(config).stream(stream)))
     target = outdir / (output_name(path, root) + ".npz")
-    save_scattergram(target, sg, config, source=str(path))
+    save_scattergram(target, sg, config, source=str(path), source_stat=stat)
     return str(target)
 
 
@@ -107,8 +149,12 @@ def extract_features(
     progress: bool = True,
     workers: int = 1,
     scheduler: str | None = None,
+    force: bool = False,
 ) -> FeatureRun:
     """Scatter each file and write ``OUTDIR/<name>.npz``; unreadable files are recorded, not raised.
+
+    A file whose ``.npz`` is already up to date (:func:`is_up_to_date`: same configuration, source unchanged)
+    is skipped, as ``detect`` skips the files it has done; ``force`` redoes every file.
 
     Parameters
     ----------
@@ -121,19 +167,27 @@ def extract_features(
         Show a progress bar (tqdm) on stderr.
     workers, scheduler
         Where the files are scattered (:func:`pipeline.executor.open_executor`).
+    force : bool
+        Recompute the files already up to date too.
 
     Returns
     -------
     FeatureRun
-        Files written and files failed, each in the order of ``files``.
+        Files written, skipped and failed, each in the order of ``files``.
     """
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
+    skipped: dict[Path, str] = {}
+    for path, root in [] if force else files:
+        target = out / (output_name(path, root) + ".npz")
+        if is_up_to_date(target, path, config):
+            skipped[path] = str(target)
+    todo = [f for f in files if f[0] not in skipped]
     written: dict[Path, str] = {}
     failed: dict[Path, str] = {}
-    with tqdm(total=len(files), desc="features", unit="file", disable=not progress) as bar:
-        with open_executor(workers, scheduler) as ex:
-            for (path, _root), target, error in run_each(ex, partial(write_features, outdir=out, config=config), files):
+    with tqdm(total=len(todo), desc="features", unit="file", disable=not progress) as bar:
+        with open_executor(workers if todo else 1, scheduler if todo else None) as ex:  # no pool for none
+            for (path, _root), target, error in run_each(ex, partial(write_features, outdir=out, config=config), todo):
                 if error is None:
                     written[path] = target
                 else:
@@ -143,4 +197,5 @@ def extract_features(
     return FeatureRun(
         done=[(str(p), written[p]) for p, _ in files if p in written],
         failed=[(str(p), failed[p]) for p, _ in files if p in failed],
+        skipped=[(str(p), skipped[p]) for p, _ in files if p in skipped],
     )

@@ -239,6 +239,26 @@ def validate_output(path: str | os.PathLike) -> Path:
     return p
 
 
+def validation_summary(det: Any) -> str | None:
+    """The fitted detector's own validation score, in words; None when it keeps none.
+
+    An inversion detector holds out a stratified validation split of the labelled clips for early stopping
+    (``validation_auc_``, ``n_validation_``, ``best_epoch_``); an RNTK detector selects its kernel by
+    cross-validation (``extra_["cv_auc"]``).
+    """
+    auc = getattr(det, "validation_auc_", None)
+    if auc is not None:
+        epochs = len(getattr(det, "history_", []))
+        epoch = f" (epoch {det.best_epoch_ + 1} of {epochs} kept)" if epochs and det.best_epoch_ >= 0 else ""
+        return f"validation ROC AUC {auc:.3f} on {det.n_validation_} held-out labelled clip(s){epoch}"
+    if hasattr(det, "n_validation_"):  # it holds out a split when there are enough clips of each class
+        return "no validation score (too few labelled clips of a class to hold out a validation split)"
+    cv = (getattr(det, "extra_", None) or {}).get("cv_auc")
+    if cv is not None:
+        return f"cross-validated ROC AUC {cv:.3f} (kernel selection)"
+    return None
+
+
 @dataclass
 class TrainReport:
     """What ``run_train`` did."""
@@ -247,6 +267,7 @@ class TrainReport:
     detector: Any
     data: TrainingData
     fit_seconds: float
+    validation: str | None = None  # the detector's own validation score, in words (validation_summary)
 
 
 def run_train(
@@ -302,4 +323,5 @@ def run_train(
     fit_detector(det, data, config)
     seconds = time.perf_counter() - t0
     det.save(out)
-    return TrainReport(model_path=out, detector=det, data=data, fit_seconds=seconds)
+    return TrainReport(model_path=out, detector=det, data=data, fit_seconds=seconds,
+                       validation=validation_summary(det))
