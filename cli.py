@@ -152,14 +152,16 @@ def cmd_failures(args: argparse.Namespace) -> int:
         run = store.run(args.run)
         failed = [(f["path"], f["error"] or "unknown error") for f in store.files(run.id) if f["status"] == "failed"]
         problems = store.problems(run.id)
+        warned = store.warnings(run.id)  # processed, but truncated, damaged or at a low rate: not failures
     # Input problems (symlink loops, unreadable directories) are what the scan skipped, as `detect` reports
     # them: a section of their own, not counted as failed files. Rows stay `path<TAB>reason`; headers start '#'.
-    for title, rows in (("failed files", failed), ("input problems", problems)):
+    for title, rows in (("failed files", failed), ("input problems", problems), ("processed with warnings", warned)):
         if rows:
             print(f"# {title} ({len(rows)})")
             for path, reason in rows:
                 print(f"{path}\t{reason}")
-    print(f"run {run.id}: {len(failed)} failed file(s), {len(problems)} input problem(s)", file=sys.stderr)
+    print(f"run {run.id}: {len(failed)} failed file(s), {len(problems)} input problem(s)"
+          + (f", {len(warned)} file(s) processed with warnings" if warned else ""), file=sys.stderr)
     return EXIT_SOME_FAILED if (failed or problems) else EXIT_OK
 
 
@@ -365,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("failures", help="list the files a run could not process, with the reasons, then the "
-                                        "input problems of its scan (symlink loops, unreadable folders)")
+                                        "input problems of its scan (symlink loops, unreadable folders), then the "
+                                        "files processed with warnings (truncated, damaged, low sample rate)")
     p.add_argument("outdir", help="the detect output directory (holding scatterbird.sqlite)")
     p.add_argument("--run", type=int, help="run id (default: the latest)")
     p.set_defaults(func=cmd_failures)

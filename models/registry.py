@@ -9,6 +9,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +24,11 @@ from scatterbird.errors import DetectorError, FeatureConfigMismatch
 from scatterbird.models import inversion, rntk  # noqa: F401
 from scatterbird.models.base import MODEL_FORMAT, Detector
 from scatterbird.pipeline.config import FeatureConfig
+
+#: What torch's weights-only loader says when a file holds pickled Python objects; its own text advises
+#: turning the protection off, which a command-line user must never be told.
+_WEIGHTS_ONLY_REFUSAL = re.compile(r"weights.only", re.IGNORECASE)
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
 
 NO_DEFAULT_MODEL = (
     "no model given and the bundled default model {path} is missing; train one with `scatterbird train LABELLED_DIR -o model.pt` "
@@ -86,11 +94,20 @@ def load_detector(
             raise DetectorError(NO_DEFAULT_MODEL.format(path=DEFAULT_MODEL_PATH))
         path = DEFAULT_MODEL_PATH
     try:
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before the error below
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DetectorError(f"{path}: model file not found") from None
-    except Exception as exc:  # weights_only refuses anything but plain data
-        raise DetectorError(f"{path}: not a readable scatterbird model file ({exc})") from None
+    except pickle.UnpicklingError as exc:
+        if _WEIGHTS_ONLY_REFUSAL.search(str(exc)):  # weights_only refuses anything but plain data
+            raise DetectorError(
+                f"{path}: not a scatterbird model file (it holds Python objects, which scatterbird never "
+                "unpickles: only files written by scatterbird train can be loaded)"
+            ) from None
+        raise DetectorError(f"{path}: not a readable scatterbird model file ({_one_line(exc)})") from None
+    except Exception as exc:
+        raise DetectorError(f"{path}: not a readable scatterbird model file ({_one_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise DetectorError(f"{path}: not a scatterbird model file (format {found!r})")
@@ -110,6 +127,13 @@ def load_detector(
     det.feature_config = config
     det._set_state(payload["tensors"], json.loads(payload["extra_json"]))
     return det
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's first line, without terminal escape codes, at most 200 characters."""
+    lines = [_CONTROL.sub("", x).strip() for x in str(exc).splitlines()]
+    text = next((x for x in lines if x), type(exc).__name__)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def default_detector(expected_config: FeatureConfig | None = None) -> Detector:

@@ -183,6 +183,7 @@ def detect_file(
         res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
         res.windows, res.events = score_blocks(stream, lambda: stream.samples_out, detector, params, progress)
         res.duration_s = stream.samples_out / config.sample_rate
+        res.warning = stream.warning  # truncated, damaged or low-rate: used, and said so
         res.status = "done"
     except AudioError as exc:
         res.error = exc.reason
@@ -341,6 +342,7 @@ class DetectSummary:
     done: int = 0  # processed now
     skipped: int = 0  # already done in the run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this invocation
+    warned: list[tuple[str, str]] = field(default_factory=list)  # (path, warning) of files processed now
     problems: list[tuple[str, str]] = field(default_factory=list)  # input scan problems
     audio_s: float = 0.0  # audio processed now, seconds
     wall_s: float = 0.0
@@ -360,7 +362,8 @@ class DetectSummary:
         """The end-of-run summary, for printing."""
         out = [
             f"run {self.run.id} ({'resumed' if self.resumed else 'new'}): {self.files} file(s): "
-            f"{self.done} processed, {self.skipped} skipped (already done), {len(self.failed)} failed",
+            f"{self.done} processed, {self.skipped} skipped (already done), {len(self.failed)} failed"
+            + (f", {len(self.warned)} with warnings" if self.warned else ""),
             f"audio processed: {self.audio_s / 3600:.3f} h in {self.wall_s:.1f} s wall: "
             + (f"{self.speed:.1f}x real time (real-time factor {self.real_time_factor:.5f})"
                if self.audio_s > 0 else "no audio processed"),
@@ -371,6 +374,12 @@ class DetectSummary:
             out += [f"  {p}: {r}" for p, r in self.failed[:20]]
             if len(self.failed) > 20:
                 out.append(f"  ... and {len(self.failed) - 20} more")
+        if self.warned:
+            out.append(f"processed with warnings ({len(self.warned)}); `scatterbird failures {self.store.parent}` "
+                       "lists them too:")
+            out += [f"  {p}: warning: {w}" for p, w in self.warned[:20]]
+            if len(self.warned) > 20:
+                out.append(f"  ... and {len(self.warned) - 20} more")
         if self.problems:
             out.append(f"input problems ({len(self.problems)}):")
             out += [f"  {p}: {r}" for p, r in self.problems[:20]]
@@ -552,6 +561,8 @@ def run_detect(
                     if res.status == "done":
                         summary.done += 1
                         summary.audio_s += res.duration_s or 0.0
+                        if res.warning:
+                            summary.warned.append((res.path, res.warning))
                     else:
                         summary.failed.append((res.path, res.error or "unknown error"))
                     bar.advance(res.path, durations.get(res.path, 0.0))

@@ -1,6 +1,6 @@
 """The results store: one SQLite file in the output directory, written by one process (the driver).
 
-Schema (``SCHEMA_VERSION`` 1)
+Schema (``SCHEMA_VERSION`` 2)
 -----------------------------
 ``runs``
     One row per (model, feature configuration, window, hop, min-conf): ``run_key`` hashes those, so a rerun
@@ -10,7 +10,10 @@ Schema (``SCHEMA_VERSION`` 1)
     is empty while a pass over the inputs has not completed) and the number of invocations.
 ``files``
     One row per (run, path): size, mtime (ns), duration at the pipeline rate, source rate and channels,
-    ``status`` (``done`` or ``failed``), ``error`` (the reason, for failures), window count, processing time.
+    ``status`` (``done`` or ``failed``), ``error`` (the reason, for failures), ``warning`` (what is suspect
+    about a file that was processed: truncated, damaged, a low sample rate; NULL when nothing), window count,
+    processing time. Schema 2 added ``warning``: a schema-1 store gains the column when opened for writing,
+    and is read as it is (no warnings) when opened for reading.
 ``windows``
     ``(file_id, start_s, end_s, score)``: every scored window.
 ``events``
@@ -50,7 +53,7 @@ import numpy as np
 
 from scatterbird.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The store's file name inside the output directory.
 STORE_NAME = "scatterbird.sqlite"
@@ -88,6 +91,7 @@ CREATE TABLE IF NOT EXISTS files (
     channels INTEGER,
     status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
     error TEXT,
+    warning TEXT,
     n_windows INTEGER NOT NULL DEFAULT 0,
     elapsed_s REAL,
     processed_at TEXT NOT NULL,
@@ -196,6 +200,8 @@ class FileResult:
         ``"done"`` or ``"failed"``.
     error : str or None
         The reason for a failure.
+    warning : str or None
+        What is suspect about a file that was processed (truncated, damaged data skipped, low sample rate).
     duration_s : float or None
         Length at the pipeline rate, in seconds.
     source_rate, channels : int or None
@@ -219,6 +225,7 @@ class FileResult:
     windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     events: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     elapsed_s: float = 0.0
+    warning: str | None = None
 
 
 class _Lock:
@@ -300,6 +307,14 @@ class ResultsStore:
                 f"{self.path}: store schema {row[0] if row else '(none)'} is not supported by this version "
                 f"(which reads schema {SCHEMA_VERSION}); upgrade scatterbird"
             )
+        if writer and int(row[0]) < SCHEMA_VERSION:
+            try:
+                self._migrate()
+            except BaseException:
+                self.close()
+                raise
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+        self._warning_col = "warning" if "warning" in cols else "NULL AS warning"  # a schema-1 store, read
 
     # -- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -408,10 +423,11 @@ class ResultsStore:
             self.db.execute("DELETE FROM files WHERE run_id = ? AND path = ?", (run_id, result.path))
             cur = self.db.execute(
                 "INSERT INTO files (run_id, path, size, mtime_ns, duration_s, source_rate, channels, status, "
-                "error, n_windows, elapsed_s, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, warning, n_windows, elapsed_s, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, result.path, result.size, result.mtime_ns, result.duration_s, result.source_rate,
-                    result.channels, result.status, result.error, len(windows), float(result.elapsed_s), _now(),
+                    result.channels, result.status, result.error, result.warning, len(windows),
+                    float(result.elapsed_s), _now(),
                 ),
             )
             fid = int(cur.lastrowid)
@@ -447,8 +463,8 @@ class ResultsStore:
     def files(self, run_id: int) -> list[dict[str, Any]]:
         """The run's files, by path, as dictionaries of the ``files`` columns (without ``run_id``)."""
         cur = self.db.execute(
-            "SELECT id, path, size, mtime_ns, duration_s, source_rate, channels, status, error, n_windows, "
-            "elapsed_s, processed_at FROM files WHERE run_id = ? ORDER BY path",
+            "SELECT id, path, size, mtime_ns, duration_s, source_rate, channels, status, error, "
+            f"{self._warning_col}, n_windows, elapsed_s, processed_at FROM files WHERE run_id = ? ORDER BY path",
             (run_id,),
         )
         names = [d[0] for d in cur.description]
@@ -484,6 +500,15 @@ class ResultsStore:
         ).fetchall()
         return [(p, e or "unknown error") for p, e in failed] + [(p, r) for p, r in problems]
 
+    def warnings(self, run_id: int) -> list[tuple[str, str]]:
+        """``(path, warning)`` of the run's processed files that carry a warning, by path."""
+        if self._warning_col != "warning":
+            return []
+        return self.db.execute(
+            "SELECT path, warning FROM files WHERE run_id = ? AND status = 'done' AND warning IS NOT NULL "
+            "ORDER BY path", (run_id,)
+        ).fetchall()
+
     def file_result(self, file_row: dict[str, Any]) -> FileResult:
         """Rebuild the FileResult of a ``files`` row (for merging stores)."""
         fid = file_row["id"]
@@ -499,7 +524,7 @@ class ResultsStore:
             source_rate=file_row["source_rate"], channels=file_row["channels"],
             windows=np.array(w, dtype=np.float64).reshape(-1, 3),
             events=np.array(e, dtype=np.float64).reshape(-1, 4),
-            elapsed_s=file_row["elapsed_s"] or 0.0,
+            elapsed_s=file_row["elapsed_s"] or 0.0, warning=file_row.get("warning"),
         )
 
     def problems(self, run_id: int) -> list[tuple[str, str]]:
@@ -508,6 +533,14 @@ class ResultsStore:
         ).fetchall()
 
     # -- internals -----------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring an older store to ``SCHEMA_VERSION`` (one transaction; the rows are kept as they are)."""
+        with self._transaction():
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+            if "warning" not in cols:  # schema 1 -> 2
+                self.db.execute("ALTER TABLE files ADD COLUMN warning TEXT")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+
     class _Tx:
         def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db

@@ -4,15 +4,26 @@ A recording is never loaded whole: soundfile (libsndfile) decodes it block by bl
 averaged to mono, and soxr's streaming resampler brings each block to the pipeline rate, keeping its state
 between blocks. Memory is bounded by the block size, whatever the file's length.
 
-Every failure raises :class:`AudioError`, which names the file and the reason.
+Every failure raises :class:`AudioError`, which names the file and the reason. What is usable but suspect
+(a truncated MP3 or Ogg file, damaged MP3 frames the decoder skipped, a sample rate too low for birdsong)
+is kept as a warning on the stream (:attr:`AudioStream.warnings`) and the audio is used.
+
+libmpg123 (libsndfile's MP3 decoder) prints its complaints straight to file descriptor 2 from C. Around
+each call that may decode MP3, descriptor 2 points at a temporary file instead (:class:`_DecoderOutput`),
+and what the decoder said goes into the error's reason or the stream's warning, never onto the terminal.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+import struct
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -28,6 +39,17 @@ MIN_DURATION_S = 0.01
 
 DEFAULT_BLOCK_SECONDS = 2.0
 
+#: Below this source rate (twice a sensible top of the bird band, 8 kHz) a recording gets a warning,
+#: unless the pipeline itself runs at that rate or lower (then the recording loses nothing it would use).
+LOW_RATE_HZ = 16000
+
+#: A decoded length this many source samples short of the header's is a truncated file (a few MP3 frames
+#: of slack: encoder delay and padding are not always accounted for in the header).
+SHORT_DECODE_SLACK = 4 * 1152
+
+#: The largest Ogg page: 27-byte header, up to 255 segment sizes, up to 255 * 255 body bytes.
+_OGG_PAGE_MAX = 27 + 255 + 255 * 255
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -39,6 +61,7 @@ class AudioInfo:
     frames: int
     format: str
     subtype: str
+    warnings: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -46,8 +69,109 @@ class AudioInfo:
         return self.frames / float(self.sample_rate)
 
 
-def _open(path: str | os.PathLike) -> sf.SoundFile:
-    """Open with soundfile, turning every failure into an AudioError with a reason."""
+# fd 2 is one per process: one redirection at a time, and never a fork half-way through one (the child
+# would inherit descriptor 2 pointing at the temporary file).
+_FD2_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_FD2_LOCK.acquire, after_in_parent=_FD2_LOCK.release, after_in_child=_FD2_LOCK.release
+    )
+
+# "[src/libmpg123/layer3.c:INT123_do_layer3():1804] error: ", "Note: ", "Warning: " in front of a message
+_DECODER_PREFIX = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(?:(?:note|warning|error)\s*:\s*)?", re.IGNORECASE)
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
+# What libmpg123 says when it meets damaged data and skips it. It also complains about some frames of
+# sound files when they are read in blocks ("part2_3_length ... too large"), with nothing lost: not damage.
+_DAMAGE = re.compile(r"illegal audio-mpeg-header|resync|skipped \d+ bytes", re.IGNORECASE)
+#: Lines kept per redirection (what comes first says what went wrong).
+_MAX_LINES = 100
+
+
+class _DecoderOutput:
+    """Keeps what C decoders write to file descriptor 2 off the terminal, and keeps it for the messages.
+
+    ``with out:`` points descriptor 2 at a private temporary file for the duration of the block and always
+    points it back, also on an exception; the lines written meanwhile are added to :attr:`lines`. A
+    module-wide lock makes the redirections of several threads take turns, so each restores the right
+    descriptor; hold it only around decoder calls (a thread that writes to stderr meanwhile, rare, has its
+    text taken for the decoder's). Where there is no descriptor 2, or no temporary file can be made, the
+    block runs unredirected.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._sink: Any = None
+        self._saved: int | None = None
+
+    def __enter__(self) -> "_DecoderOutput":
+        _FD2_LOCK.acquire()
+        try:
+            if self._sink is None:
+                self._sink = tempfile.TemporaryFile(buffering=0)
+            if sys.stderr is not None:
+                sys.stderr.flush()  # Python's own pending text belongs on the terminal, not in the sink
+            self._saved = os.dup(2)
+            os.dup2(self._sink.fileno(), 2)
+        except (OSError, ValueError, AttributeError):
+            if self._saved is not None:
+                os.close(self._saved)
+                self._saved = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._saved is not None:
+                os.dup2(self._saved, 2)
+                os.close(self._saved)
+        finally:
+            restored, self._saved = self._saved, None
+            _FD2_LOCK.release()
+        if restored is not None:
+            try:
+                self._drain()
+            except OSError:  # what the decoder said is lost; the descriptor is restored all the same
+                pass
+
+    def _drain(self) -> None:
+        fd = self._sink.fileno()
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size:
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = os.read(fd, min(size, 1 << 16))  # a damaged hour of MP3 can say a lot; the start will do
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            text = data.decode("utf-8", "replace")
+            lines = [line for line in (_CONTROL.sub("", x).strip() for x in text.splitlines()) if line]
+            self.lines += lines[: max(0, _MAX_LINES - len(self.lines))]
+
+    def summary(self, limit: int = 2) -> str:
+        """The first ``limit`` distinct messages, news of damaged data first, without the decoder's source
+        locations; "" if none."""
+        cleaned = (_DECODER_PREFIX.sub("", x).strip().rstrip(".") for x in self.lines)
+        said = list(dict.fromkeys(m for m in cleaned if m))
+        said.sort(key=lambda m: _DAMAGE.search(m) is None)  # stable: otherwise in the decoder's order
+        out = "; ".join(m if len(m) <= 120 else m[:117] + "..." for m in said[:limit])
+        if len(said) > limit:
+            out += f" (+{len(said) - limit} more)"
+        return out
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+
+def _said(out: _DecoderOutput) -> str:
+    """`` (decoder: ...)`` when the decoder printed something, else ""."""
+    text = out.summary()
+    return f" (decoder: {text})" if text else ""
+
+
+def _open(path: str | os.PathLike, out: _DecoderOutput | None = None) -> sf.SoundFile:
+    """Open with soundfile, turning every failure into an AudioError with a reason.
+
+    The decoder's stderr output goes to ``out`` (a private one when None) and into the reason on failure.
+    """
     p = Path(path)
     if not p.exists():
         raise AudioError(path, "file not found")
@@ -57,15 +181,39 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
         raise AudioError(path, "permission denied (file is not readable)")
     if p.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    own = out is None
+    out = _DecoderOutput() if out is None else out
     try:
-        return sf.SoundFile(str(p))
+        with out:
+            return sf.SoundFile(str(p))
     except sf.LibsndfileError as exc:  # libsndfile's own words, e.g. "Format not recognised."
-        text = str(exc.error_string if hasattr(exc, "error_string") else exc)
-        if "not recognised" in text.lower() or "unknown format" in text.lower():
-            raise AudioError(path, f"unsupported or unrecognised audio format ({text.strip()})") from None
-        raise AudioError(path, f"unreadable audio ({text.strip()})") from None
+        text = str(exc.error_string if hasattr(exc, "error_string") else exc).strip().rstrip(".")
+        low = text.lower()
+        if "not recognised" in low or "unknown format" in low:
+            raise AudioError(path, f"unsupported or unrecognised audio format ({text})") from None
+        if "not a regular file" in low:
+            # The file exists and is regular (checked above): libsndfile says this when its last resort,
+            # the MP3 decoder, finds no valid frame header.
+            what = ("MP3 header invalid (corrupt or not MP3)" if p.suffix.lower() in (".mp3", ".mp2", ".mpga")
+                    else "no audio format recognised (corrupt, or not audio)")
+            raise AudioError(path, f"not a readable audio file: {what}{_said(out)}") from None
+        cut = _ogg_truncation(p) if _starts_with(p, b"OggS") else None
+        if cut:  # an Ogg file cut inside its header pages
+            raise AudioError(path, f"truncated file: {cut}, before any audio ({text})") from None
+        raise AudioError(path, f"unreadable audio ({text}){_said(out)}") from None
     except (RuntimeError, OSError, TypeError, ValueError) as exc:
-        raise AudioError(path, f"unreadable audio ({exc})") from None
+        raise AudioError(path, f"unreadable audio ({exc}){_said(out)}") from None
+    finally:
+        if own:
+            out.close()
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _wav_truncation(path: str | os.PathLike) -> str | None:
@@ -75,8 +223,6 @@ def _wav_truncation(path: str | os.PathLike) -> str | None:
     Returns a reason when the file is truncated, else None. Sizes of 0 or 0xFFFFFFFF (written by recorders
     that stream and never finalise the header) are accepted as "unknown".
     """
-    import struct
-
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(12)
@@ -100,6 +246,32 @@ def _wav_truncation(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _ogg_truncation(path: str | os.PathLike) -> str | None:
+    """For an Ogg file, whether it was cut short: its last page must end the file and carry the
+    end-of-stream flag.
+
+    libsndfile takes an Ogg file's length from its last complete page, so a cut file looks like a shorter
+    one; this looks at the pages themselves. Returns the reason when truncated, else None.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - _OGG_PAGE_MAX - 4))
+        tail = f.read()
+    pos = tail.rfind(b"OggS")
+    while pos >= 0:
+        head = tail[pos:pos + 27]
+        if len(head) == 27 and head[4] == 0:
+            nseg = head[26]
+            table = tail[pos + 27:pos + 27 + nseg]
+            if len(table) == nseg and pos + 27 + nseg + sum(table) == len(tail):
+                # a whole page ends exactly at the end of the file: it is the last page
+                if head[5] & 0x04:
+                    return None
+                return "the Ogg stream stops without its end-of-stream page"
+        pos = tail.rfind(b"OggS", 0, pos)
+    return "the file ends part-way through an Ogg page"
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Read a recording's header.
 
@@ -111,11 +283,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     Returns
     -------
     AudioInfo
+        With ``warnings`` for a usable but truncated Ogg file.
 
     Raises
     ------
     AudioError
-        If the file is missing, unreadable, of an unknown format, or holds no samples.
+        If the file is missing, unreadable, of an unknown format, truncated (WAV), or holds no samples.
     """
     with _open(path) as f:
         info = AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), f.format, f.subtype)
@@ -123,6 +296,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         reason = _wav_truncation(path)
         if reason:
             raise AudioError(path, reason)
+    if info.format == "OGG":
+        reason = _ogg_truncation(path)
+        if reason and info.frames <= 0:
+            raise AudioError(path, f"truncated file: {reason}, and no complete audio page is left")
+        if reason:
+            note = f"truncated file: {reason}; only the {info.duration:.2f} s present are used"
+            info = replace(info, warnings=(note,))
     _check_info(info)
     return info
 
@@ -161,6 +341,10 @@ class AudioStream:
         The source file's header.
     samples_out : int
         Samples yielded so far at the output rate.
+    warnings : list of str
+        What is suspect about the recording although it was used: a source rate below ``LOW_RATE_HZ`` (and
+        below ``sr``), a truncated Ogg file (known on opening), and, once the stream is exhausted, a decoded
+        length short of the header's (a truncated MP3) or damaged MP3 data the decoder reported.
 
     Notes
     -----
@@ -182,7 +366,18 @@ class AudioStream:
         self.block_frames = max(256, int(round(block_seconds * self.info.sample_rate)))
         self.quality = quality
         self.samples_out = 0
+        self.warnings: list[str] = list(self.info.warnings)
+        rate = self.info.sample_rate
+        if rate < LOW_RATE_HZ and rate < self.sr:
+            self.warnings.append(
+                f"sample rate {rate} Hz: nothing above {rate / 2000:g} kHz is recorded; much birdsong lies above it"
+            )
         self._used = False
+
+    @property
+    def warning(self) -> str | None:
+        """The warnings as one line (``"; "`` between them), or None."""
+        return "; ".join(self.warnings) or None
 
     @property
     def expected_samples(self) -> int:
@@ -202,39 +397,59 @@ class AudioStream:
                 self.info.sample_rate, self.sr, 1, dtype="float32", quality=self.quality
             )
         read = 0
-        with _open(self.path) as f:
-            while True:
-                try:
-                    block = f.read(self.block_frames, dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError) as exc:
-                    raise AudioError(
-                        self.path, f"decoding failed at {read / self.info.sample_rate:.3f} s ({exc})"
-                    ) from None
-                if block.shape[0] == 0:
-                    break
-                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                finite = np.isfinite(mono)
-                if not finite.all():
-                    first = read + int(np.argmin(finite))
-                    kind = "NaN" if np.isnan(mono[first - read]) else "infinite"
-                    raise AudioError(
-                        self.path,
-                        f"{kind} sample at {first / self.info.sample_rate:.6f} s (sample {first})",
+        rate = self.info.sample_rate
+        mp3 = self.info.format == "MP3"  # only libmpg123 prints: other formats read without redirection
+        out = _DecoderOutput()
+        damage: list[str] = []  # the decoder's news of damaged data it skipped
+        try:
+            with _open(self.path, out) as f:
+                out.lines.clear()  # what it said while opening a file it then opened is no news
+                while True:
+                    try:
+                        if mp3:
+                            with out:
+                                block = f.read(self.block_frames, dtype="float32", always_2d=True)
+                            damage += [x for x in out.lines if _DAMAGE.search(x)][: _MAX_LINES - len(damage)]
+                            out.lines.clear()
+                        else:
+                            block = f.read(self.block_frames, dtype="float32", always_2d=True)
+                    except (sf.LibsndfileError, RuntimeError) as exc:
+                        what = "MP3 data corrupt" if mp3 else str(exc)
+                        raise AudioError(
+                            self.path, f"decoding failed at {read / rate:.3f} s: {what}{_said(out)}"
+                        ) from None
+                    if block.shape[0] == 0:
+                        break
+                    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                    finite = np.isfinite(mono)
+                    if not finite.all():
+                        first = read + int(np.argmin(finite))
+                        kind = "NaN" if np.isnan(mono[first - read]) else "infinite"
+                        raise AudioError(self.path, f"{kind} sample at {first / rate:.6f} s (sample {first})")
+                    read += block.shape[0]
+                    chunk = resampler.resample_chunk(mono) if resampler is not None else mono
+                    if chunk.size:
+                        self.samples_out += chunk.size
+                        yield np.ascontiguousarray(chunk, dtype=np.float32)
+                if read == 0:
+                    raise AudioError(self.path, "zero samples could be decoded")
+                if read < MIN_DURATION_S * rate:
+                    raise AudioError(self.path, f"too short: only {read} sample(s) could be decoded")
+                if read < self.info.frames - SHORT_DECODE_SLACK:
+                    self.warnings.append(
+                        f"truncated file? {read / rate:.2f} s decoded of the {self.info.duration:.2f} s its "
+                        "header declares; only the decoded audio is used"
                     )
-                read += block.shape[0]
-                out = resampler.resample_chunk(mono) if resampler is not None else mono
-                if out.size:
-                    self.samples_out += out.size
-                    yield np.ascontiguousarray(out, dtype=np.float32)
-            if read == 0:
-                raise AudioError(self.path, "zero samples could be decoded")
-            if read < MIN_DURATION_S * self.info.sample_rate:
-                raise AudioError(self.path, f"too short: only {read} sample(s) could be decoded")
-            if resampler is not None:
-                tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-                if tail.size:
-                    self.samples_out += tail.size
-                    yield np.ascontiguousarray(tail, dtype=np.float32)
+                if damage:
+                    out.lines = damage
+                    self.warnings.append(f"damaged MP3 data: the decoder skipped some{_said(out)}")
+                if resampler is not None:
+                    tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+                    if tail.size:
+                        self.samples_out += tail.size
+                        yield np.ascontiguousarray(tail, dtype=np.float32)
+        finally:
+            out.close()
 
 
 def stream_audio(
@@ -249,6 +464,39 @@ def stream_audio(
     ...     process(block)
     """
     return AudioStream(path, sr, block_seconds=block_seconds)
+
+
+def read_span(path: str | os.PathLike, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+    """Samples ``[start_s, end_s)`` of a recording at its own rate (e.g. a clip of an event), with the MP3
+    decoder's stderr kept off the terminal as everywhere in this module.
+
+    Returns
+    -------
+    samples : ndarray, float32, shape (n, channels)
+        Empty (n = 0) when the span starts at or after the end of the decoded audio.
+    sample_rate : int
+
+    Raises
+    ------
+    AudioError
+        If the file cannot be opened, or decoding fails.
+    """
+    out = _DecoderOutput()
+    try:
+        with _open(path, out) as f:
+            sr = int(f.samplerate)
+            first = max(0, int(np.floor(start_s * sr)))
+            n = max(0, int(np.ceil(end_s * sr)) - first)
+            try:
+                with out:
+                    f.seek(min(first, f.frames))
+                    data = f.read(n, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                what = "MP3 data corrupt" if f.format == "MP3" else str(exc)
+                raise AudioError(path, f"decoding failed near {start_s:.3f} s: {what}{_said(out)}") from None
+    finally:
+        out.close()
+    return data, sr
 
 
 def load_audio(path: str | os.PathLike, sr: int = 22050) -> np.ndarray:
