@@ -22,6 +22,7 @@ from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_sto
 from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from scatterbird.pipeline.frontend.features import extract_features
 from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.threads import default_threads, use_threads
 from scatterbird.pipeline.train.training import parse_params, run_train
 from scatterbird.version import __version__
 
@@ -65,6 +66,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default %(default)s: in this process)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on this Dask scheduler's workers instead, e.g. tcp://host:8786 (needs the cluster extra)")
+    _add_threads_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    """The thread budget on this machine (pipeline/threads.py); main() applies it before the command runs."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help=f"compute threads on this machine, shared among --workers (default {default_threads()}: "
+                        "OMP_NUM_THREADS when set, else the cores this process may use less those busy with other "
+                        "work while it started)")
 
 
 def _config_from(args: argparse.Namespace) -> FeatureConfig:
@@ -472,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-grid", type=int, default=80, help="grid points per axis of the 2-D slices (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_threads_option(p)
     p.set_defaults(func=cmd_analyze)
 
     return parser
@@ -482,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if "threads" in args:  # the compute commands
+            use_threads(args.threads)
         return int(args.func(args))
     except ScatterbirdError as exc:
         return _fail(args.command, str(exc))

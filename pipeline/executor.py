@@ -9,10 +9,14 @@ All three are a :class:`concurrent.futures.Executor`, opened with :func:`open_ex
 * ``scheduler="tcp://host:8786"``: :class:`DaskExecutor`, the executor of a ``distributed.Client``
   (``Client.get_executor``) on an existing cluster; needs ``pip install 'scatterbird[cluster]'``.
 
-In every worker process (local or Dask), torch uses one thread (N workers on N cores), then the
-``initializer`` runs, once. :func:`run_each` maps a function over items with a bounded number of jobs in
-flight and yields each item's :class:`Outcome` as it completes: a job that raises, or that a dying worker
-takes down with it, is that item's error, and the other items go on.
+In every worker process the thread setup runs first (:mod:`scatterbird.pipeline.threads`): a local worker
+gets its share of the run's thread budget (``threads // workers``, at least one) for torch and BLAS, a Dask
+worker one torch thread per job thread (the cluster runs one job thread per core); then the ``initializer``
+runs, once. A local pool puts ``OMP_WAIT_POLICY=PASSIVE`` in this process's environment (unless a policy is
+set) before it starts its workers, so that their idle OpenMP threads sleep instead of spinning against other
+work. :func:`run_each` maps a function over items with a bounded number of jobs in flight and yields each
+item's :class:`Outcome` as it completes: a job that raises, or that a dying worker takes down with it, is that
+item's error, and the other items go on.
 """
 
 from __future__ import annotations
@@ -25,22 +29,41 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-import torch
-
 from scatterbird.errors import BatchError
+from scatterbird.pipeline.threads import (
+    apply_threads,
+    budget,
+    check_threads,
+    prefer_passive_wait,
+    set_torch_threads,
+    share,
+)
 
 #: Seconds to wait for a Dask cluster's first worker.
 WORKER_WAIT_S = 120
 
-
-def one_torch_thread() -> None:
-    """Use one torch (intra-op) thread in this process: N workers on N cores, no oversubscription."""
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+#: Torch threads of a job in this worker process (set by the worker setup; 1 on Dask workers).
+_worker_threads = 1
 
 
-def _worker_setup(initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> None:
-    one_torch_thread()
+def worker_torch_threads() -> None:
+    """Give the calling thread this worker's share of torch threads (Dask runs each job on a thread of its own)."""
+    set_torch_threads(_worker_threads, interop=False)
+
+
+#: The former name (one thread per worker), still called by jobs; it now applies the worker's share.
+one_torch_thread = worker_torch_threads
+
+
+def _worker_setup(threads: int, initializer: Callable[..., Any] | None, initargs: Sequence[Any],
+                  own_process: bool = True) -> None:
+    """``threads`` per job, then the initializer; a process that is not ours (Dask's) keeps its other settings."""
+    global _worker_threads
+    _worker_threads = threads
+    if own_process:
+        apply_threads(threads)
+    else:
+        set_torch_threads(threads, interop=False)
     if initializer is not None:
         initializer(*initargs)
 
@@ -74,9 +97,12 @@ class LocalPool(Executor):
     submitted afterwards run on the new pool.
     """
 
-    def __init__(self, workers: int, initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = ()) -> None:
+    def __init__(self, workers: int, initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = (),
+                 threads: int | None = None) -> None:
         self.slots = workers
-        self._init = (initializer, tuple(initargs))
+        self.threads = share(budget() if threads is None else threads, workers)  # of each worker
+        self._init = (self.threads, initializer, tuple(initargs))
+        prefer_passive_wait()  # inherited by the workers, whose OpenMP runtime reads it when it loads
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -101,7 +127,7 @@ def _setup_plugin(worker_plugin: type, initializer: Callable[..., Any] | None, i
 
     class Setup(worker_plugin):
         def setup(self, worker: Any) -> None:
-            _worker_setup(initializer, tuple(initargs))
+            _worker_setup(1, initializer, tuple(initargs), own_process=False)
 
     return Setup()
 
@@ -155,6 +181,7 @@ def open_executor(
     scheduler: str | None = None,
     initializer: Callable[..., Any] | None = None,
     initargs: Sequence[Any] = (),
+    threads: int | None = None,
 ) -> Iterator[Executor]:
     """The executor for ``workers`` / ``scheduler``, shut down (jobs cancelled) when the block ends.
 
@@ -167,18 +194,26 @@ def open_executor(
     initializer : callable, optional
         Run once in each worker process (local or Dask) with ``initargs``, e.g. to load a model; never in
         this process.
+    threads : int, optional
+        The run's thread budget on this machine, shared among local workers (each gets
+        ``max(1, threads // workers)``); default: this process's budget
+        (:func:`scatterbird.pipeline.threads.budget`). A Dask worker's job uses one torch thread.
 
     Raises
     ------
     BatchError
         For ``workers < 0``, or a scheduler without Dask installed.
+    OptionError
+        For ``threads < 1``.
     """
     if workers < 0:
         raise BatchError(f"workers must be >= 0, got {workers}")
+    if threads is not None:
+        check_threads(threads)
     if scheduler:
         ex: Executor = DaskExecutor(scheduler, initializer, initargs)
     elif workers > 1:
-        ex = LocalPool(workers, initializer, initargs)
+        ex = LocalPool(workers, initializer, initargs, threads)
     else:
         ex = SerialExecutor()
     try:

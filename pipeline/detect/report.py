@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import soundfile as sf
 from scatterbird.errors import ScatterbirdError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
-from scatterbird.pipeline.frontend.audio import mono_at_rate
+from scatterbird.pipeline.frontend.audio import mono_at_rate, read_span
 from scatterbird.pipeline.frontend.features import scattering_for
 from scatterbird.pipeline.frontend.scattering import Scattergram, concatenate
 from scatterbird.pipeline.html_report import new_figure, render, save_png, written_at
@@ -166,12 +165,7 @@ def cut_clip(path: str, start_s: float, end_s: float, sample_rate: int | None) -
     Exception
         When the file is missing or cannot be decoded (soundfile's or :class:`AudioError`; the caller notes it).
     """
-    with sf.SoundFile(path) as f:
-        sr = f.samplerate
-        first = math.floor(start_s * sr)
-        n = max(0, math.ceil(end_s * sr) - first)
-        f.seek(min(first, f.frames))
-        data = f.read(n, dtype="float32", always_2d=True)
+    data, sr = read_span(path, start_s, end_s)  # keeps the MP3 decoder's own lines off the terminal
     if data.shape[0] == 0:
         raise RuntimeError("no audio at the event's time (the file is shorter than when it was scored)")
     rate = sample_rate or sr
