@@ -6,11 +6,14 @@ Run ``scatterbird --help`` (installed) or ``python cli.py --help`` (from a check
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from scatterbird.errors import ScatterbirdError
+from scatterbird.errors import Interrupted, OutputError, ScatterbirdError
 from scatterbird.models.registry import available_detectors, build_detector, describe_model, load_detector
 from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, analyze_inputs
 from scatterbird.pipeline.config import THRESHOLD_MODES, FeatureConfig
@@ -22,6 +25,7 @@ from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_sto
 from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from scatterbird.pipeline.frontend.features import extract_features
 from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.output_files import prepare_output_dir
 from scatterbird.pipeline.threads import default_threads, use_threads
 from scatterbird.pipeline.train.training import parse_params, run_train
 from scatterbird.version import __version__
@@ -30,7 +34,7 @@ from scatterbird.version import __version__
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # the run finished but some inputs could not be processed
 EXIT_USAGE = 2  # bad options, no usable input or no model
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM
 
 #: Detector kind of `train` and `crossval` when --kind is not given.
 DEFAULT_KIND = "inversion"
@@ -152,6 +156,9 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     run, written = export_store(args.outdir, parse_formats(args.format), run_id=args.run, to=args.to)
+    with ResultsStore(Path(args.outdir) / STORE_NAME) as store:
+        if (note := store.incomplete(run.id)) is not None:
+            print(f"export: warning: {note}; the exports hold only those", file=sys.stderr)
     print(f"export: run {run.id} (model {run.model_hash}, config {run.config_hash}): {len(written)} file(s) "
           f"written to {args.to or args.outdir}")
     return EXIT_OK
@@ -261,6 +268,7 @@ def _print_run(run, incomplete: bool) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    prepare_output_dir(args.output)  # a file or a read-only place fails now, not after the scoring
     datasets = load_datasets(args.dataset or [], args.audio or [], args.labels or [])
     incomplete = _print_datasets(datasets)
     detector, source = load_detector(args.model), describe_model(args.model)
@@ -272,6 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
+    prepare_output_dir(args.output)
     config = _config_from(args).replace(pool_s=_pool_for(args))
     params = parse_params(args.param or [])
     build_detector(args.kind, params, args.seed)  # a bad option fails before any feature work
@@ -348,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
             "into events. Results go to OUTPUT/scatterbird.sqlite, one transaction per file; rerunning with the "
             "same model and options resumes (files already done are skipped), another model or options starts "
             "a new run. Exit status: 0 all files processed, 1 some files failed (see `scatterbird failures`), "
-            "2 usage error or no model."
+            "2 usage error, no model or an output that cannot be written, 130/143 stopped by SIGINT/SIGTERM "
+            "(rerun to resume)."
         ),
     )
     p.add_argument("inputs", nargs="+", help="audio files, directories (searched recursively) or .txt path lists")
@@ -492,15 +502,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every error scatterbird raises on purpose becomes one line on stderr and EXIT_USAGE."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main else None
     try:
         if "threads" in args:  # the compute commands
             use_threads(args.threads)
         return int(args.func(args))
     except ScatterbirdError as exc:
         return _fail(args.command, str(exc))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except OSError as exc:  # a write refused where no OutputError was made: still one line, not a traceback
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        return _fail(args.command, str(OutputError.from_os_error(exc)))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a batch scheduler): what is done is kept
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"scatterbird {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like Ctrl-C does (the store keeps every file committed; workers are stopped)."""
+    signal.signal(signum, signal.SIG_IGN)  # one is enough: cleaning up must not be interrupted again
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":

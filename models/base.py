@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from scatterbird.errors import DetectorError
+from scatterbird.errors import DetectorError, OutputError
 from scatterbird.pipeline.config import FeatureConfig
 
 #: Hyperparameters that change how a detector reports, not what it computes.
@@ -155,7 +155,13 @@ class Detector(BaseEstimator):
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write weights, hyperparameters and feature configuration to one file (safe format)."""
+        """Write weights, hyperparameters and feature configuration to one file (safe format).
+
+        Raises
+        ------
+        OutputError
+            When the file cannot be written (read-only, disk full, no such folder); nothing is left behind.
+        """
         tensors, extra = self._get_state()
         payload = {
             "format": MODEL_FORMAT,
@@ -167,8 +173,19 @@ class Detector(BaseEstimator):
             "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         }
         tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # never leave a half-written model behind
+        try:
+            # through a Python file: a full disk is then an OSError, not torch's opaque RuntimeError
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)  # never leave a half-written model behind
+        except BaseException as exc:  # a full disk, a read-only folder, Ctrl-C: no partial file stays
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise OutputError.from_os_error(exc, path) from None
+            raise
 
     @property
     def model_hash(self) -> str:

@@ -282,3 +282,84 @@ def test_shards_from_slurm_and_the_merge_command(model, recordings, reference, t
     assert_same_rows(rows(out), rows(reference))
     with open(out / "windows.csv", newline="") as a, open(reference / "windows.csv", newline="") as b:
         assert [r[:3] for r in csv.reader(a)] == [r[:3] for r in csv.reader(b)]
+
+
+# -- SIGTERM and Ctrl-C ------------------------------------------------------------------------------------
+def test_sigterm_mid_batch_stops_with_143_says_how_far_and_resumes_to_the_uninterrupted_rows(
+    model, recordings, reference, tmp_path
+):
+    out = tmp_path / "out"
+    db = out / STORE_NAME
+    proc = subprocess.Popen(
+        [*CLI, "detect", str(recordings), "-o", str(out), "--model", str(model), *DETECT_OPTS, "--format", "csv"],
+        cwd=TESTS, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(proc, lambda: _done_count(db) >= 1, "one file was committed")
+        proc.send_signal(signal.SIGTERM)  # what a batch scheduler sends at the end of a job's time
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    committed = _done_count(db)
+    assert 1 <= committed < N_FILES
+    assert f"interrupted: {committed} of {N_FILES} file(s) done" in err
+    assert "run the same command again to resume" in err
+    assert err.rstrip().endswith("scatterbird detect: interrupted (SIGTERM)") and "Traceback" not in err
+    with ResultsStore(db) as st:
+        assert st.run().finished_at is None
+
+    # an export of the unfinished run says so, with how far it got
+    ex = subprocess.run([*CLI, "export", str(out), "--format", "csv", "--to", str(tmp_path / "ex")],
+                        cwd=TESTS, env=_env(), capture_output=True, text=True, timeout=120)
+    assert ex.returncode == 0
+    assert f"run 1 is incomplete: {committed} of {N_FILES} file(s) processed" in ex.stderr
+
+    resumed = run_detect([recordings], out, model_path=model, params=PARAMS, formats=["csv"])
+    assert resumed.resumed and resumed.skipped == committed and resumed.done == N_FILES - committed
+    assert_same_rows(rows(out), rows(reference))
+    with ResultsStore(db) as st:
+        assert st.run().finished_at is not None and st.incomplete(1) is None
+
+
+def test_ctrl_c_with_workers_stops_the_jobs_in_flight_instead_of_waiting_for_them(tmp_path):
+    """Once one file is committed the gate opens: every job that scores from then on hangs for good. Ctrl-C
+    must still end the run (the workers are terminated, not waited for), and a rerun completes it."""
+    from gated_detector import GATE_ENV, train_gated_detector
+
+    folder = tmp_path / "recs"
+    write_recordings(folder, [(f"g{i}.wav", 4.0, i % 2 == 0) for i in range(4)])
+    model = tmp_path / "gated.pt"
+    train_gated_detector(model)
+    reference = tmp_path / "reference"  # no gate in this process: the same detector scoring normally
+    run_detect([folder], reference, model_path=model, params=PARAMS)
+    gate = tmp_path / "gate"
+    out = tmp_path / "out"
+    db = out / STORE_NAME
+    cli_gated = [sys.executable, "-c",
+                 "import sys, gated_detector; from scatterbird import cli; sys.exit(cli.main(sys.argv[1:]))"]
+    proc = subprocess.Popen(
+        [*cli_gated, "detect", str(folder), "-o", str(out), "--model", str(model), *DETECT_OPTS, "--workers", "2"],
+        cwd=TESTS, env={**_env(), GATE_ENV: str(gate)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(proc, lambda: _done_count(db) >= 1, "one file was committed")
+        gate.touch()  # the jobs still in flight hang at their next scoring call
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)  # a shutdown that waits for the jobs would never return
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "stopping workers..." in err and "run the same command again to resume" in err
+    assert "Traceback" not in err  # the workers left Ctrl-C to the driver
+    committed = _done_count(db)
+    assert 1 <= committed < 4 and f"interrupted: {committed} of 4 file(s) done" in err
+
+    resumed = run_detect([folder], out, model_path=model, params=PARAMS)
+    assert resumed.resumed and resumed.skipped == committed and resumed.done == 4 - committed
+    assert_same_rows(rows(out), rows(reference))

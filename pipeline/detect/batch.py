@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from scatterbird.errors import BatchError, OptionError
+from scatterbird.errors import BatchError, OptionError, OutputError
 from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.exports import export_run
@@ -235,6 +237,36 @@ def _load_ref(ref: ModelRef) -> Any:
         det = load_detector(ref.path)
     _MODELS[ref.model_hash] = det
     return det
+
+
+def _local_worker_init(ref: ModelRef) -> None:
+    """Start a local worker: Ctrl-C (SIGINT, sent to the terminal's whole process group) is the driver's to
+    handle (it stops the workers), not a KeyboardInterrupt inside a job; then load the model."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _load_ref(ref)
+
+
+def _stop_local_workers(executor: Any) -> None:
+    """Terminate the processes of a local pool, so that shutting it down does not wait for the jobs in flight
+    (their files are not written; a rerun does them)."""
+    pool = getattr(executor, "_pool", None)  # executor.LocalPool's ProcessPoolExecutor
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+
+
+@contextmanager
+def _stop_workers_on_interrupt(executor: Any, local: bool, bar: Any, log: Callable[[str], None]) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM (:class:`~scatterbird.errors.Interrupted`) inside the block, terminate local workers
+    at once (before the executor's shutdown would wait for their jobs), saying so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        bar.close()
+        if local:
+            log("stopping workers...")
+            _stop_local_workers(executor)
+        raise
 
 
 def worker_detect(path: str, ref: ModelRef, params: DetectParams) -> FileResult:
@@ -487,7 +519,7 @@ def run_detect(
     invocation = {
         "inputs": [os.fspath(i) for i in inputs], "extensions": list(extensions or []), "force": force,
         "workers": workers, "scheduler": scheduler, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-        "argv": sys.argv,
+        "argv": sys.argv, "files": len(files),  # files: what `export` compares a run's progress with
     }
     with ResultsStore(store_path, writer=True) as store:
         previous = store.run() if store.runs() else None
@@ -551,8 +583,10 @@ def run_detect(
                 return detect_file(p, det, params, progress=lambda s: bar.advance(p, s))
 
         n_seen = 0
+        init = _load_ref if scheduler else _local_worker_init  # local workers leave Ctrl-C to this process
         try:
-            with open_executor(workers if todo else 1, scheduler if todo else None, _load_ref, (ref,)) as ex:
+            with open_executor(workers if todo else 1, scheduler if todo else None, init, (ref,)) as ex, \
+                    _stop_workers_on_interrupt(ex, workers > 1 and not scheduler, bar, log):
                 for path, res, error in run_each(ex, job, todo):
                     if error is not None:
                         res = _failed(path, error, scheduler)
@@ -567,11 +601,19 @@ def run_detect(
                         summary.failed.append((res.path, res.error or "unknown error"))
                     bar.advance(res.path, durations.get(res.path, 0.0))
                     bar.set_postfix_str(f"files {n_seen}/{len(todo)}, failed {len(summary.failed)}")
+        except KeyboardInterrupt:
+            log(f"interrupted: {summary.skipped + n_seen} of {len(files)} file(s) done and saved in {store_path} "
+                f"(run {run.id}); run the same command again to resume: the files done are skipped")
+            raise
         finally:
             bar.close()  # the executor is shut down (jobs cancelled) first, also on Ctrl-C
         store.finish_run(run.id)
         summary.run = store.run(run.id)
         if formats and shard is None:
-            summary.exported = export_run(store, run.id, out, formats)
+            try:
+                summary.exported = export_run(store, run.id, out, formats)
+            except OutputError as exc:  # the results are committed: only the exports need redoing
+                raise OutputError(exc.path, f"{exc.reason}; the results are safe in {store_path}: make room (or "
+                                  f"fix the folder) and run `scatterbird export {out}`", exc.errno) from None
     summary.wall_s = time.perf_counter() - t0
     return summary

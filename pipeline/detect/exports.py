@@ -25,7 +25,9 @@ Times are written with Python's shortest round-trip representation: reading an e
 the times in the store. Scores are written with 6 significant digits (:func:`score_text`): a detector's
 probability carries no more meaning than that, and 17-digit columns only hide it.
 
-Every file is written to a temporary name and renamed, so an export is never seen half-written.
+Every file is written to a temporary name and renamed, so an export is never seen half-written; a write
+that fails (a read-only folder, a full disk) removes its temporary file and raises
+:class:`~scatterbird.errors.OutputError`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Iterable, Sequence
 from scatterbird.errors import OptionError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
+from scatterbird.pipeline.output_files import prepare_output_dir, write_text_atomic
 
 FORMATS = ("csv", "raven", "audacity", "json")
 
@@ -105,12 +108,8 @@ def export_names(paths: Iterable[str]) -> dict[str, str]:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    # a temporary file renamed into place, removed on any failure (OutputError: read-only, disk full, ...)
+    return write_text_atomic(path, text)
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]], delimiter: str = ",") -> str:
@@ -224,4 +223,6 @@ def export_store(
     """Re-export a run (the latest by default) of ``OUTDIR/scatterbird.sqlite`` into ``to`` (default OUTDIR)."""
     with ResultsStore(store_path or Path(outdir) / STORE_NAME) as store:
         run = store.run(run_id)
+        if formats:  # a file, a read-only or a missing folder: say so before writing anything
+            prepare_output_dir(to or outdir)
         return run, export_run(store, run.id, to or outdir, formats)

@@ -51,9 +51,13 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from scatterbird.errors import StoreError
+from scatterbird.errors import OutputError, StoreError
+from scatterbird.pipeline.output_files import prepare_output_dir
 
 SCHEMA_VERSION = 2
+
+#: SQLite's primary result codes of a write that the disk refused (sqlite3.Error.sqlite_errorcode & 0xff).
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
 
 #: The store's file name inside the output directory.
 STORE_NAME = "scatterbird.sqlite"
@@ -240,7 +244,10 @@ class _Lock:
             import fcntl
         except ImportError:  # pragma: no cover - not on POSIX
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # e.g. a store on a folder remounted read-only since the last run
+            raise OutputError.from_os_error(exc, self.path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -273,9 +280,14 @@ class ResultsStore:
         self.path = Path(path)
         self.writer = writer
         self._lock: _Lock | None = None
+        created: list[Path] = []  # what this open created, removed again when it fails
         if writer:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _Lock(self.path.with_name(self.path.name + ".lock"))
+            prepare_output_dir(self.path.parent)  # a file, read-only, not writable: OutputError
+            lock = self.path.with_name(self.path.name + ".lock")
+            created = [lock] if not lock.exists() else []
+            if not self.path.exists():  # a journal is removed only with the new store it belongs to
+                created += [self.path, self.path.with_name(self.path.name + "-journal")]
+            self._lock = _Lock(lock)
             self._lock.acquire()
             uri = f"file:{self.path}?mode=rwc"
         else:
@@ -300,6 +312,10 @@ class ResultsStore:
             row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except sqlite3.DatabaseError as exc:
             self.close()
+            for p in reversed(created):  # a store this open began (e.g. on a full disk) is not left behind
+                p.unlink(missing_ok=True)
+            if writer and (err := self._write_error(exc)) is not None:
+                raise err from None
             raise StoreError(f"{self.path}: not a scatterbird results store ({exc})") from None
         if row is None or int(row[0]) > SCHEMA_VERSION:
             self.close()
@@ -527,6 +543,17 @@ class ResultsStore:
             elapsed_s=file_row["elapsed_s"] or 0.0, warning=file_row.get("warning"),
         )
 
+    def incomplete(self, run_id: int) -> str | None:
+        """None when the run's last pass over its inputs completed; else what is missing, in words."""
+        run = self.run(run_id)
+        if run.finished_at:
+            return None
+        n = self.db.execute("SELECT COUNT(*) FROM files WHERE run_id = ?", (run_id,)).fetchone()[0]
+        expected = json.loads(run.params_json or "{}").get("files")  # as run_detect records it
+        of = f" of {expected}" if isinstance(expected, int) else ""
+        return (f"run {run_id} is incomplete: {n}{of} file(s) processed (detect was interrupted, or is still "
+                f"running); rerun the same detect command to finish it")
+
     def problems(self, run_id: int) -> list[tuple[str, str]]:
         return self.db.execute(
             "SELECT path, reason FROM input_problems WHERE run_id = ? ORDER BY rowid", (run_id,)
@@ -541,24 +568,50 @@ class ResultsStore:
                 self.db.execute("ALTER TABLE files ADD COLUMN warning TEXT")
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
+    def _write_error(self, exc: sqlite3.Error) -> OutputError | None:
+        """The OutputError of a write the disk refused (full, read-only, I/O error), else None."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code == _SQLITE_FULL:
+            return OutputError.disk_full(self.path)
+        if code == _SQLITE_READONLY:
+            return OutputError(self.path, f"cannot write the results store ({exc}); is the folder read-only?")
+        if code in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+            return OutputError(self.path, f"cannot write the results store ({exc})")
+        return None
+
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        def __init__(self, store: "ResultsStore") -> None:
+            self.store = store
+            self.db = store.db
 
         def __enter__(self) -> None:
             # IMMEDIATE: take the write lock now, so that the transaction never fails half-way on a busy store.
-            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.store._write_error(exc) or exc from None
 
         def __exit__(self, exc_type, exc, tb) -> None:
             if exc_type is None:
-                self.db.execute("COMMIT")
-            else:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error as err:
+                    exc = err
+            # SQLite has already rolled back after some errors (a full disk): roll back only what is open.
+            if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # the store keeps its last committed state
+                err = self.store._write_error(exc)
+                if err is not None:
+                    raise err from None
+                if exc_type is None:
+                    raise exc
 
     def _transaction(self) -> "ResultsStore._Tx":
         if not self.writer:
             raise StoreError(f"{self.path}: opened read-only")
-        return ResultsStore._Tx(self.db)
+        return ResultsStore._Tx(self)
 
 
 def shard_store_name(index: int, count: int) -> str:

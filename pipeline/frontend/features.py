@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from functools import partial
@@ -11,10 +12,12 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from scatterbird.errors import OutputError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died
 from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
 from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate
+from scatterbird.pipeline.output_files import prepare_output_dir, write_bytes_atomic
 
 #: What a file's failure says when the worker process computing it died (a crash, or out of memory).
 WORKER_DIED = "a worker process died while this file was in flight (crash or out of memory); rerun to retry"
@@ -52,9 +55,9 @@ def save_scattergram(
     rerun of ``features`` skips the file while they and the configuration are unchanged (:func:`is_up_to_date`).
     """
     size, mtime_ns = source_stat if source_stat is not None else (-1, -1)
-    tmp = Path(f"{os.fspath(path)}.tmp.npz")
+    buf = io.BytesIO()  # compressed in memory, then written whole or not at all (OutputError on failure)
     np.savez_compressed(
-        tmp,
+        buf,
         S=sg.S.astype(np.float32),
         frame_rate=np.float64(sg.frame_rate),
         start_time=np.float64(sg.start_time),
@@ -67,7 +70,7 @@ def save_scattergram(
         source_size=np.int64(size),
         source_mtime_ns=np.int64(mtime_ns),
     )
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def load_scattergram(path: str | os.PathLike) -> Scattergram:
@@ -175,8 +178,7 @@ def extract_features(
     FeatureRun
         Files written, skipped and failed, each in the order of ``files``.
     """
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(outdir)  # a file, read-only, not writable: OutputError before any work
     skipped: dict[Path, str] = {}
     for path, root in [] if force else files:
         target = out / (output_name(path, root) + ".npz")
@@ -190,6 +192,8 @@ def extract_features(
             for (path, _root), target, error in run_each(ex, partial(write_features, outdir=out, config=config), todo):
                 if error is None:
                     written[path] = target
+                elif isinstance(error, OutputError):  # the next files would fail alike: stop the run
+                    raise error
                 else:
                     failed[path] = failure_reason(error)
                 bar.set_postfix_str(path.name[-30:])
