@@ -51,10 +51,6 @@ def worker_torch_threads() -> None:
     set_torch_threads(_worker_threads, interop=False)
 
 
-#: The former name (one thread per worker), still called by jobs; it now applies the worker's share.
-one_torch_thread = worker_torch_threads
-
-
 def _worker_setup(threads: int, initializer: Callable[..., Any] | None, initargs: Sequence[Any],
                   own_process: bool = True) -> None:
     """``threads`` per job, then the initializer; a process that is not ours (Dask's) keeps its other settings."""
@@ -120,6 +116,14 @@ class LocalPool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def terminate(self) -> None:
+        """Stop the worker processes now, without waiting for the jobs in flight (an interrupted run: its
+        unfinished files are redone by the next run)."""
+        # ProcessPoolExecutor has no public way to end its workers at once; its process table is the only handle.
+        for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.terminate()
 
 
 def _setup_plugin(worker_plugin: type, initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> Any:

@@ -15,6 +15,7 @@ import soundfile as sf
 from simple_detector import write_recordings
 
 import cli
+from scatterbird.errors import OptionError
 from scatterbird.pipeline.detect import report
 from scatterbird.pipeline.detect.report import ReportOptions, clip_span, clock, write_report
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
@@ -246,5 +247,5 @@ def test_clip_span_and_clock():
     assert clip_span(0.5, 3.0, 1.0, 3.5, o) == (0.0, 3.5)  # inside the recording
     assert clip_span(100.0, 400.0, 250.0, 1000.0, o) == (235.0, 265.0)  # a long event: around its peak
     assert clock(12.34) == "0:12.3" and clock(59.97) == "1:00.0" and clock(3725.3) == "1:02:05.3"
-    with pytest.raises(report.ReportError, match="n-files"):
+    with pytest.raises(OptionError, match="n-files"):
         ReportOptions(n_files=-1)

@@ -16,7 +16,7 @@ import torch
 import scatterbird.cli as cli
 from scatterbird.errors import OptionError
 from scatterbird.pipeline import threads
-from scatterbird.pipeline.executor import LocalPool, one_torch_thread, open_executor, run_each
+from scatterbird.pipeline.executor import LocalPool, open_executor, run_each, worker_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_share_among_workers():
 
 
 def worker_probe(_: int) -> tuple[int, int, int, str | None]:
-    one_torch_thread()  # what a detect job calls first: must keep the worker's share
+    worker_torch_threads()  # what a detect job calls first: must keep the worker's share
     return os.getpid(), torch.get_num_threads(), torch.get_num_interop_threads(), os.environ.get("OMP_WAIT_POLICY")
 
 

@@ -48,7 +48,7 @@ from scatterbird.pipeline.detect.exports import export_run
 from scatterbird.pipeline.detect.memory import release_free_memory
 from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
-from scatterbird.pipeline.executor import one_torch_thread, open_executor, run_each, worker_died
+from scatterbird.pipeline.executor import open_executor, run_each, worker_died, worker_torch_threads
 from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
@@ -246,15 +246,6 @@ def _local_worker_init(ref: ModelRef) -> None:
     _load_ref(ref)
 
 
-def _stop_local_workers(executor: Any) -> None:
-    """Terminate the processes of a local pool, so that shutting it down does not wait for the jobs in flight
-    (their files are not written; a rerun does them)."""
-    pool = getattr(executor, "_pool", None)  # executor.LocalPool's ProcessPoolExecutor
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        if proc.is_alive():
-            proc.terminate()
-
-
 @contextmanager
 def _stop_workers_on_interrupt(executor: Any, local: bool, bar: Any, log: Callable[[str], None]) -> Iterator[None]:
     """On Ctrl-C or SIGTERM (:class:`~scatterbird.errors.Interrupted`) inside the block, terminate local workers
@@ -265,13 +256,13 @@ def _stop_workers_on_interrupt(executor: Any, local: bool, bar: Any, log: Callab
         bar.close()
         if local:
             log("stopping workers...")
-            _stop_local_workers(executor)
+            executor.terminate()
         raise
 
 
 def worker_detect(path: str, ref: ModelRef, params: DetectParams) -> FileResult:
-    """The per-file work as a worker runs it: the model from ``ref`` (cached), one torch thread."""
-    one_torch_thread()  # also on the thread a Dask worker runs the job on
+    """The per-file work as a worker runs it: the model from ``ref`` (cached), the worker's torch threads."""
+    worker_torch_threads()  # also on the thread a Dask worker runs the job on
     return detect_file(path, _load_ref(ref), params)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import soundfile as sf
 
-from scatterbird.errors import ScatterbirdError
+from scatterbird.errors import OptionError, OutputError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
 from scatterbird.pipeline.frontend.audio import mono_at_rate, read_span
@@ -47,10 +47,6 @@ REPORT_DIR = "report_files"
 
 #: The note of an event whose recording is gone.
 MISSING = "the recording is missing since the run"
-
-
-class ReportError(ScatterbirdError, RuntimeError):
-    """The report cannot be written (the output directory is not writable, the disk is full)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +82,9 @@ class ReportOptions:
     def __post_init__(self) -> None:
         for name in ("n_files", "n_events", "max_rows", "events_per_file", "max_failures"):
             if getattr(self, name) < 0:
-                raise ReportError(f"report: {name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise OptionError(f"report: {name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.margin_s < 0 or self.max_clip_s <= 0:
-            raise ReportError(f"report: need margin >= 0 and clip length > 0 s, got {self.margin_s}, {self.max_clip_s}")
+            raise OptionError(f"report: need margin >= 0 and clip length > 0 s, got {self.margin_s}, {self.max_clip_s}")
 
 
 @dataclass
@@ -407,7 +403,7 @@ def write_report(outdir: str | os.PathLike, *, run_id: int | None = None, store_
     ------
     StoreError
         No store, or no such run.
-    ReportError
+    OutputError
         The page or its files cannot be written; nothing half-written is left (the previous report, if any,
         stays as it was).
     """
@@ -439,12 +435,14 @@ def write_report(outdir: str | os.PathLike, *, run_id: int | None = None, store_
             os.replace(staging, folder)
             os.replace(page_tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-        except OSError as exc:
+        except (OSError, sf.LibsndfileError) as exc:  # libsndfile reports a full disk as its own error
             shutil.rmtree(staging, ignore_errors=True)
             page_tmp.unlink(missing_ok=True)
-            where = exc.filename or out
-            raise ReportError(f"{where}: cannot write the report ({exc.strerror or exc}); the results are "
-                              f"in the store: `scatterbird report {out}` writes it again") from None
+            where = getattr(exc, "filename", None) or out
+            cause = getattr(exc, "strerror", None) or str(exc)
+            raise OutputError(where, f"cannot write the report ({cause}); the results are in the store: "
+                                     f"`scatterbird report {out}` writes it again",
+                              getattr(exc, "errno", None)) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             page_tmp.unlink(missing_ok=True)
