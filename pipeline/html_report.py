@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from scatterbird.pipeline.output_files import write_text_atomic
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -61,9 +63,7 @@ ENV.filters["fixed"] = fixed
 
 def render(template: str, path: str | os.PathLike, **context: Any) -> Path:
     """Render ``template`` (a file of ``pipeline/templates/``) with ``context`` into ``path`` (UTF-8)."""
-    target = Path(path)
-    target.write_text(ENV.get_template(template).render(**context), encoding="utf-8")
-    return target
+    return write_text_atomic(path, ENV.get_template(template).render(**context))  # whole or not at all
 
 
 def new_figure(w: float, h: float) -> Figure:

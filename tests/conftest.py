@@ -1,11 +1,17 @@
-"""Fixtures shared by the detect tests."""
+"""Fixtures shared by the tests, and the import path they run with."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from simple_detector import train_simple_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m pytest` puts the checkout on sys.path, where its folders would import as top-level `cli`,
+# `pipeline`, ...: the tests must exercise the installed `scatterbird` package only.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from simple_detector import train_simple_detector
 
-import cli
+from scatterbird import cli
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import SCHEMA_VERSION, STORE_NAME, FileResult, ResultsStore, RunParams
 from scatterbird.pipeline.frontend.audio import AudioError, audio_info, read_span, stream_audio

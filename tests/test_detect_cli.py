@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from simple_detector import write_recordings
 
-import cli
+from scatterbird import cli
 from scatterbird.models import registry
 from scatterbird.pipeline.detect import batch
 from scatterbird.pipeline.detect.batch import DetectParams, run_detect

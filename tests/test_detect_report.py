@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from simple_detector import write_recordings
 
-import cli
+from scatterbird import cli
 from scatterbird.errors import OptionError
 from scatterbird.pipeline.detect import report
 from scatterbird.pipeline.detect.report import ReportOptions, clip_span, clock, write_report

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import cli
+from scatterbird import cli
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend import features
 from scatterbird.pipeline.frontend.features import extract_features, load_scattergram

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from simple_detector import write_recordings
 
-import cli
+from scatterbird import cli
+from scatterbird.data.synthetic import write_dataset
+from scatterbird.errors import OutputError
 from scatterbird.models import base as models_base
 from scatterbird.models.registry import load_detector
-from scatterbird.errors import OutputError
 from scatterbird.pipeline import output_files
 from scatterbird.pipeline.detect import store as store_module
 from scatterbird.pipeline.detect.batch import DetectParams, run_detect
@@ -408,3 +409,16 @@ def test_a_model_that_cannot_be_saved_leaves_no_file(how, model, tmp_path, monke
             det.save(disk / "model.pt")
         assert info.value.path == str(disk / "model.pt")
         assert sorted(p.name for p in disk.iterdir()) == (["filler"] if how == "mounted" else [])
+
+
+def test_evaluate_onto_a_full_disk_exits_2_without_partial_files(model, tmp_path, capsys, monkeypatch):
+    ds = write_dataset(tmp_path / "ds", 6, duration=2.0, sr=8000, seed=3)
+    out = tmp_path / "eval"
+    out.mkdir()
+    _refuse_writes_under(monkeypatch, out, errno.ENOSPC)  # metrics, predictions, scores and the page
+    rc = cli.main(["evaluate", "--dataset", f"mine={ds}", "-o", str(out), "--model", str(model),
+                   "--bootstrap", "20", "-q"])
+    line = _error_line(capsys, "evaluate")
+    assert rc == cli.EXIT_USAGE and "disk full" in line
+    assert _leftovers(out) == []
+    assert not any(p.suffix in (".csv", ".json", ".html") for p in out.rglob("*"))

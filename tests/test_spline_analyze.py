@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-import cli
+from scatterbird import cli
 from scatterbird.data.synthetic import make_clip
 from scatterbird.models.spline.testing import random_inversion_net
 from scatterbird.pipeline.analysis.report import FIGURES, write_report

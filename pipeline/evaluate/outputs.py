@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from scatterbird.pipeline.evaluate import report
 from scatterbird.pipeline.evaluate.results import DEFAULT_PROB, DEFAULTED_FILE, RunResult
+from scatterbird.pipeline.output_files import atomic_open
 
 
 def metrics_json(run: RunResult) -> dict[str, Any]:
@@ -68,12 +69,12 @@ def write_outputs(run: RunResult, outdir: str | os.PathLike, worst: Mapping[str,
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     run.outdir = out
-    with open(out / "metrics.json", "w") as f:
+    with atomic_open(out / "metrics.json") as f:
         json.dump(metrics_json(run), f, indent=2)
     # The challenge's submission form: every clip, all datasets, in label-file order; a submission with
     # rows missing is refused, so an unreadable clip gets the uninformative default and is listed apart.
     defaulted = []
-    with open(out / "predictions.csv", "w", newline="") as f:
+    with atomic_open(out / "predictions.csv", newline="") as f:
         w = csv.writer(f)
         w.writerow(["itemid", "prob"])
         for r in run.results:
@@ -84,7 +85,7 @@ def write_outputs(run: RunResult, outdir: str | os.PathLike, worst: Mapping[str,
                     w.writerow([c.itemid, f"{DEFAULT_PROB:.6f}"])
                     defaulted.append([r.metrics.name, c.itemid, f"{DEFAULT_PROB:.6f}", why])
     if defaulted:
-        with open(out / DEFAULTED_FILE, "w", newline="") as f:
+        with atomic_open(out / DEFAULTED_FILE, newline="") as f:
             w = csv.writer(f)
             w.writerow(["dataset", "itemid", "prob", "reason"])
             w.writerows(defaulted)
@@ -96,7 +97,7 @@ def write_outputs(run: RunResult, outdir: str | os.PathLike, worst: Mapping[str,
         )
     elif (out / DEFAULTED_FILE).exists():
         (out / DEFAULTED_FILE).unlink()  # from an earlier run in the same folder: it would be wrong now
-    with open(out / "scores.csv", "w", newline="") as f:
+    with atomic_open(out / "scores.csv", newline="") as f:
         w = csv.writer(f)
         w.writerow(["dataset", "itemid", "hasbird", "prob", "path", "error"])
         for r in run.results:
