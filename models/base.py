@@ -4,7 +4,11 @@ A detector takes *sequences*: float32 arrays of shape (n_frames, n_channels) of 
 clip or window; lengths may differ), and returns one probability of bird per sequence.
 
 scikit-learn's conventions hold: ``__init__`` only stores hyperparameters, ``fit`` returns ``self``, learned
-state ends in ``_``, ``random_state`` seeds everything random.
+state ends in ``_``, ``random_state`` seeds everything random. The base class implements the parameter side of
+those conventions itself (``get_params``, ``set_params``, ``repr``) rather than deriving from scikit-learn's
+``BaseEstimator``: importing ``sklearn.base`` loads scipy.stats and much of scikit-learn into every process that
+loads a detector, `detect`'s workers included. ``sklearn.base.clone`` and ``check_is_fitted`` still work on a
+detector.
 
 Files are written with ``torch.save`` and read with ``torch.load(..., weights_only=True)``: only tensors,
 numbers, strings, lists and dicts can come back, never arbitrary objects, so a model file handed over by
@@ -14,13 +18,13 @@ someone else cannot run code when it is opened.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 
 from scatterbird.errors import DetectorError, OutputError
 from scatterbird.pipeline.config import FeatureConfig
@@ -106,9 +110,22 @@ def check_labels(labels: Sequence[int], n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class Detector(BaseEstimator):
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether a hyperparameter still has its default (arrays and sequences compared element by element)."""
+    if a is b:
+        return True
+    try:
+        return bool(np.array_equal(a, b))
+    except (TypeError, ValueError):  # ragged sequences, objects NumPy cannot compare
+        return False
+
+
+class Detector:
     """Base of every detector. Subclasses implement ``fit``, ``predict_proba``, ``_get_state`` and
     ``_set_state``; saving and loading are shared.
+
+    Hyperparameters are the arguments of the subclass's ``__init__``, stored under their own names:
+    ``get_params``, ``set_params``, ``repr`` and ``sklearn.base.clone`` are built on that.
 
     Attributes
     ----------
@@ -127,6 +144,106 @@ class Detector(BaseEstimator):
         super().__init_subclass__(**kwargs)
         if cls.kind != "base":
             Detector._registry[cls.kind] = cls
+
+    # -- hyperparameters (scikit-learn's estimator conventions) --------------------------------------
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The hyperparameter names: the named arguments of ``__init__``, sorted (as scikit-learn lists them).
+
+        Raises
+        ------
+        DetectorError
+            When ``__init__`` takes ``*args``: a hyperparameter without a name cannot be read back or cloned.
+        """
+        if cls.__init__ is object.__init__:
+            return []
+        names = []
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.name == "self" or p.kind is p.VAR_KEYWORD:
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                raise DetectorError(
+                    f"{cls.__name__}.__init__ takes *{p.name}: a detector's hyperparameters must be named arguments"
+                )
+            names.append(p.name)
+        return sorted(names)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyperparameters by name, as ``__init__`` took them.
+
+        Parameters
+        ----------
+        deep : bool
+            Also list the hyperparameters of any hyperparameter that has ``get_params`` itself (an estimator
+            given as a hyperparameter), as ``name__subname``; scikit-learn's meaning.
+        """
+        out: dict[str, Any] = {}
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
+            out[name] = value
+        return out
+
+    def set_params(self, **params: Any) -> Detector:
+        """Set hyperparameters (``name__subname`` reaches into a hyperparameter that has ``set_params``).
+
+        Every name is checked before anything is set, so a call that fails changes nothing.
+
+        Returns
+        -------
+        Detector
+            ``self``.
+
+        Raises
+        ------
+        DetectorError
+            On a name that is not a hyperparameter (the message lists them), or ``name__subname`` where
+            ``name`` has no ``set_params``.
+        """
+        names = self._get_param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        direct: dict[str, Any] = {}
+        for key, value in params.items():
+            name, sep, sub = key.partition("__")
+            if name not in names:
+                raise DetectorError(
+                    f"{type(self).__name__} has no hyperparameter {name!r}; "
+                    f"its hyperparameters: {', '.join(names) or '(none)'}"
+                )
+            if sep:
+                nested.setdefault(name, {})[sub] = value
+            else:
+                direct[name] = value
+        for name in nested:
+            if not hasattr(direct.get(name, getattr(self, name)), "set_params"):
+                raise DetectorError(
+                    f"{type(self).__name__}: hyperparameter {name!r} has no hyperparameters of its own to set"
+                )
+        for name, value in direct.items():
+            setattr(self, name, value)
+        for name, sub_params in nested.items():
+            getattr(self, name).set_params(**sub_params)
+        return self
+
+    def __repr__(self) -> str:
+        """``Kind(name=value, ...)`` with the hyperparameters that differ from their defaults."""
+        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
+        changed = [
+            f"{name}={value!r}"
+            for name, value in self.get_params(deep=False).items()
+            if not _same_value(value, defaults.get(name, inspect.Parameter.empty))
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags (those of its ``BaseEstimator``), read by ``check_is_fitted`` and its checks.
+
+        Only scikit-learn (1.6 and later) calls this, so importing it here loads nothing new.
+        """
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
 
     # -- to implement -----------------------------------------------------------------------------
     def fit(

@@ -41,7 +41,7 @@ def easy_sequences(n: int, n_channels: int = 12, seed: int = 0, min_len: int = 2
 
 def check_detector(make: Callable[[int], Detector], tmp_path, n_train: int = 40, n_channels: int = 12) -> None:
     """Fit/predict shapes, [0, 1] probabilities, save/load identity, variable lengths, channel errors, seeds,
-    scikit-learn's parameter conventions (get_params/set_params, clone)."""
+    scikit-learn's parameter conventions (get_params/set_params/repr, clone, check_is_fitted)."""
     seqs, y = easy_sequences(n_train, n_channels, seed=1)
     test, yt = easy_sequences(16, n_channels, seed=2, min_len=5, max_len=90)
     det = make(0)
@@ -69,6 +69,9 @@ def check_detector(make: Callable[[int], Detector], tmp_path, n_train: int = 40,
     with pytest.raises(NotFittedError):
         check_is_fitted(fresh)
     assert fresh.set_params(**det.get_params()) is fresh and fresh.get_params() == det.get_params()
+    with pytest.raises(DetectorError, match="no hyperparameter 'no_such_hyperparameter'"):
+        fresh.set_params(no_such_hyperparameter=1)
+    assert repr(det).startswith(f"{type(det).__name__}(")
     # clear error on the wrong channel count
     with pytest.raises(DetectorError, match="channels"):
         det.predict_proba([np.zeros((10, n_channels + 1), np.float32)])
