@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import signal
+
+# scipy.signal is imported in the functions that use it: it loads scipy.stats and more, and every scatterbird
+# command imports this module (through the dataset manifests), `detect`'s worker processes included.
 
 BIRD_KINDS = ("chirp", "trill", "harmonic")
 BACKGROUNDS = ("white", "pink", "brown", "rain", "wind")
@@ -42,11 +44,15 @@ class Event:
 
 def _envelope(n: int) -> np.ndarray:
     """Smooth attack/decay (Tukey) so that calls have no clicks."""
+    from scipy import signal
+
     return signal.windows.tukey(n, alpha=0.3) if n > 2 else np.ones(n)
 
 
 def chirp_call(sr: int, rng: np.random.Generator, duration: float | None = None) -> tuple[np.ndarray, float, float]:
     """An FM sweep between 1.5 and 9 kHz (bounded by Nyquist), up or down; returns (wave, f_low, f_high)."""
+    from scipy import signal
+
     d = duration or float(rng.uniform(0.08, 0.4))
     top = min(9000.0, 0.45 * sr)
     f0, f1 = sorted(rng.uniform(1500.0, top, size=2))
@@ -59,6 +65,8 @@ def chirp_call(sr: int, rng: np.random.Generator, duration: float | None = None)
 
 def trill_call(sr: int, rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
     """8-25 short down-sweeping notes at 10-25 notes per second."""
+    from scipy import signal
+
     n_notes = int(rng.integers(8, 26))
     rate = float(rng.uniform(10, 25))
     note_d = 0.6 / rate
@@ -110,6 +118,8 @@ def _colored(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
 
 def background(kind: str, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance background noise of ``kind`` in ``BACKGROUNDS``, ``n`` samples."""
+    from scipy import signal
+
     if kind == "white":
         x = rng.standard_normal(n)
     elif kind == "pink":

@@ -3,6 +3,9 @@
 The AUC is scikit-learn's ``roc_auc_score``; the harmonic mean of per-dataset AUCs (the DCASE 2018 Task 3
 score) is ``scipy.stats.hmean``. The bootstrap computes each replicate's AUC from resampling multiplicities
 directly, without copying the data.
+
+scikit-learn and scipy.stats are imported where they are used: every command imports this module, and the two
+would add tens of megabytes to each process of `detect`, which never scores.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import hmean
-from sklearn.metrics import roc_auc_score
 
 
 def _check_scores(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +51,8 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     y, s = _check_scores(labels, scores)
     if not 0 < y.sum() < y.size:
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
@@ -147,5 +150,7 @@ def harmonic_mean(values: Iterable[float]) -> float:
         return float("nan")
     if (v < 0).any():
         raise ValueError("harmonic mean of negative values")
+    from scipy.stats import hmean
+
     return float(hmean(v))
 

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import numpy as np
 import soundfile as sf
-from sklearn.metrics import roc_curve
 
 from scatterbird.errors import AudioError
 from scatterbird.pipeline.datasets import Clip
@@ -40,6 +39,9 @@ def plot_roc(results: Sequence[DatasetResult], path: str | os.PathLike) -> bool:
     bool
         False (nothing written) when no dataset has labels of both classes.
     """
+    # imported here: every command imports this module, and scikit-learn would weigh on each `detect` process
+    from sklearn.metrics import roc_curve
+
     fig = new_figure(5.2, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     drawn = 0
