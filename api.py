@@ -18,6 +18,7 @@ from scatterbird.models.registry import describe_model, load_detector
 from scatterbird.pipeline.datasets import load_datasets
 from scatterbird.pipeline.detect.batch import DetectParams, detect_file, score_blocks
 from scatterbird.pipeline.detect.store import FileResult
+from scatterbird.pipeline.device import resolve_device
 from scatterbird.pipeline.evaluate.run import evaluate as evaluate_datasets
 from scatterbird.pipeline.frontend.audio import mono_at_rate
 from scatterbird.pipeline.frontend.inputs import find_audio
@@ -43,6 +44,7 @@ def detect(
     hop_s: float = 5.0,
     min_conf: float = 0.5,
     extensions: Iterable[str] | None = None,
+    device: str = "cpu",
 ) -> FileResult | list[FileResult]:
     """Score every window of a recording given as an array, or of audio files, with a detector.
 
@@ -61,6 +63,9 @@ def detect(
         Windows scoring at least this are merged into events.
     extensions : iterable of str, optional
         Extensions searched for in directories.
+    device : str
+        Where the scattering and the detector's scoring run: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or
+        ``"auto"`` (CUDA when available). The results come back as NumPy arrays either way.
 
     Returns
     -------
@@ -72,7 +77,8 @@ def detect(
     Raises
     ------
     AudioError
-        For an unusable array. DetectorError for an unusable model; DatasetError when no file is found.
+        For an unusable array. DetectorError for an unusable model; DatasetError when no file is found;
+        OptionError for a device this machine does not have.
 
     Examples
     --------
@@ -80,13 +86,14 @@ def detect(
     >>> result = scatterbird.detect(np.zeros(22050 * 12), sample_rate=22050)
     >>> result.windows[:, 2]                                           # one score per 10 s window
     """
+    dev = str(resolve_device(device, option="device"))  # before any work
     det = _detector(model)
     params = DetectParams(window_s=window_s, hop_s=hop_s, min_conf=min_conf)
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise AudioError("<array>", "give the array's sample_rate")
         mono = mono_at_rate(source, sample_rate, det.feature_config.sample_rate)
-        windows, events = score_blocks([mono], lambda: mono.size, det, params)
+        windows, events = score_blocks([mono], lambda: mono.size, det, params, device=dev)
         return FileResult(path="<array>", size=None, mtime_ns=None, status="done", windows=windows, events=events,
                           duration_s=mono.size / det.feature_config.sample_rate, source_rate=int(sample_rate),
                           channels=1 if np.ndim(source) == 1 else int(np.shape(source)[1]))
@@ -95,7 +102,7 @@ def detect(
     if not scan.files:
         problems = "; ".join(f"{p}: {why}" for p, why in scan.problems) or "no audio files"
         raise DatasetError(f"nothing to detect in {', '.join(map(str, inputs))} ({problems})")
-    return [detect_file(p, det, params) for p in scan.files]
+    return [detect_file(p, det, params, device=dev) for p in scan.files]
 
 
 def train(
@@ -109,6 +116,7 @@ def train(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
+    device: str = "cpu",
     **options: Any,
 ) -> TrainReport:
     """Train a detector on a labelled folder (Bird Audio Detection layout, or ``audio`` + ``labels``).
@@ -131,6 +139,9 @@ def train(
         Seeds everything random.
     progress : bool
         Progress bars on stderr.
+    device : str
+        Where the features are computed and the detector trains: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``
+        or ``"auto"``. The model file written is the same on any device (its tensors are saved on the CPU).
     **options
         Further options of :func:`scatterbird.pipeline.train.training.run_train` (feature config, cache).
 
@@ -140,7 +151,8 @@ def train(
     """
     inputs: dict[str, Any] = {"dataset": dataset, "audio": audio, "labels": labels, "unlabeled": unlabeled}
     inputs = {k: v for k, v in inputs.items() if v is not None}
-    return run_train(output, model=kind, params=params, seed=seed, progress=progress, **inputs, **options)
+    dev = str(resolve_device(device, option="device"))
+    return run_train(output, model=kind, params=params, seed=seed, progress=progress, device=dev, **inputs, **options)
 
 
 def evaluate(
@@ -149,6 +161,7 @@ def evaluate(
     *,
     model: ModelLike = None,
     progress: bool = False,
+    device: str = "cpu",
     **options: Any,
 ):
     """ROC AUC of a detector on labelled datasets, with bootstrap intervals, plots and an HTML report.
@@ -163,6 +176,9 @@ def evaluate(
         The detector; None for the bundled default model.
     progress : bool
         Progress bars on stderr.
+    device : str
+        Where the features are computed and the detector scores: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``
+        or ``"auto"``.
     **options
         Further options of :func:`scatterbird.pipeline.evaluate.run.evaluate` (workers, cache, bootstrap).
 
@@ -172,7 +188,9 @@ def evaluate(
         Per dataset its metrics; ``harmonic_auc`` over the datasets.
     """
     specs = [f"{k}={v}" for k, v in datasets.items()] if isinstance(datasets, Mapping) else [os.fspath(d) for d in datasets]
+    dev = str(resolve_device(device, option="device"))  # before the model and the datasets are read
     det = _detector(model)
     source = None if isinstance(model, Detector) else model
     loaded = load_datasets(specs)
-    return evaluate_datasets(det, loaded, Path(output), model_path=describe_model(source), progress=progress, **options)
+    return evaluate_datasets(det, loaded, Path(output), model_path=describe_model(source), progress=progress,
+                             device=dev, **options)

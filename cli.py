@@ -22,6 +22,7 @@ from scatterbird.pipeline.detect.batch import DetectParams, parse_shard, run_det
 from scatterbird.pipeline.detect.exports import export_store, parse_formats
 from scatterbird.pipeline.detect.report import ReportOptions, ReportSummary, write_report
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, iter_store_paths, merge_stores
+from scatterbird.pipeline.device import DEVICE_CHOICES, resolve_device
 from scatterbird.pipeline.evaluate.run import crossval, evaluate
 from scatterbird.pipeline.frontend.features import extract_features
 from scatterbird.pipeline.frontend.inputs import find_audio
@@ -81,6 +82,14 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
                         "work while it started)")
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    """Where the scattering front end and the detector's scoring (and training) run; main() checks it first."""
+    p.add_argument("--device", default="cpu", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                   help="where the scattering front end and the detector's scoring run: cpu (default), cuda (or "
+                        "cuda:N) or auto (cuda when a CUDA device is usable, else cpu); the inversion detector "
+                        "also trains there, other detectors compute on the CPU")
+
+
 def _config_from(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig(
         sample_rate=args.sr, J=args.J, Q1=args.q1, Q2=args.q2, max_order=args.order, threshold=args.threshold
@@ -101,7 +110,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         return _fail(args.command, "no audio files found in the given inputs")
     run = extract_features(
         scan.with_roots(), args.output, config, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler,
-        force=args.force,
+        force=args.force, device=args.device,
     )
     _report_problems(run.failed, "failed")
     print(
@@ -125,6 +134,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else shard_from_env(),
         formats=parse_formats(args.format),
         progress=not args.quiet,
+        device=args.device,
     )
     print("\n".join(summary.lines()))
     if not args.no_report and summary.store.name == STORE_NAME:  # a shard's report comes after `merge`
@@ -234,7 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         inputs.update(audio=args.audio, labels=args.labels)
     report = run_train(
         args.output, model=args.kind, params=parse_params(args.param or []), seed=args.seed, config=config,
-        cache_dir=args.cache, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler, **inputs,
+        cache_dir=args.cache, progress=not args.quiet, workers=args.workers, scheduler=args.scheduler,
+        device=args.device, **inputs,
     )
     d = report.data
     incomplete = _print_datasets([d.dataset])  # bad label rows, skipped
@@ -274,7 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector, source = load_detector(args.model), describe_model(args.model)
     run = evaluate(
         detector, datasets, args.output, model_path=source, cache_dir=args.cache, workers=args.workers, scheduler=args.scheduler,
-        n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet,
+        n_boot=args.bootstrap, seed=args.seed, n_worst=args.worst, progress=not args.quiet, device=args.device,
     )
     return _print_run(run, incomplete)
 
@@ -345,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute every file (default: skip those whose .npz has the same configuration and "
                         "whose source is unchanged in size and modification time)")
     _add_run_options(p)
+    _add_device_option(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_features)
 
@@ -372,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exports, comma-separated: csv, raven, audacity, json or all (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo every file, even those already done")
     _add_run_options(p)
+    _add_device_option(p)
     p.add_argument("--shard", metavar="i/N", help="process shard i of N (1-based) into its own store; default "
                    "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -431,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_run_options(p)
+    _add_device_option(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -449,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataset_options(p)
     p.add_argument("--model", help="a trained detector file (default: the bundled data/default_model.pt)")
+    _add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -507,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "threads" in args:  # the compute commands
             use_threads(args.threads)
+        if "device" in args:  # a device this machine lacks: one line and exit 2, before any work
+            args.device = str(resolve_device(args.device))
         return int(args.func(args))
     except ScatterbirdError as exc:
         return _fail(args.command, str(exc))

@@ -17,9 +17,11 @@ Derivation (the affine form, the inversion, the loss and its weights): docs/inve
 
 from __future__ import annotations
 
-import copy
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -357,13 +359,36 @@ def inversion_loss(
 #: values, reaches 1 by chance in the first epochs and stops training there (seen with 30 labels).
 MIN_VALIDATION_PER_CLASS = 5
 
-def _pad_batch(seqs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_frames, C) arrays -> zero-padded (batch, C, T_max) tensor and lengths."""
+_CPU = torch.device("cpu")
+
+
+def _pad_batch(seqs: Sequence[np.ndarray], device: torch.device = _CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_frames, C) arrays -> zero-padded (batch, C, T_max) tensor and lengths, on ``device``."""
     lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
     x = torch.zeros(len(seqs), seqs[0].shape[1], int(lengths.max()))
     for i, s in enumerate(seqs):
         x[i, :, : s.shape[0]] = torch.from_numpy(np.ascontiguousarray(s.T))
-    return x, lengths
+    return x.to(device), lengths.to(device)  # one copy per batch (none on the CPU)
+
+
+#: Held while a network is away from the CPU: threads sharing a detector (a Dask worker's) take turns on it.
+_MOVE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _placed(net: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``net`` on ``device`` inside the block and back where it was after: the learned state lives on the CPU,
+    where the analyses (:mod:`models.spline`), saving and hashing read it."""
+    if device.type == "cpu" and next(net.parameters()).device.type == "cpu":
+        yield net  # the default: nothing moves, nothing to wait for
+        return
+    with _MOVE_LOCK:  # another thread must not move the network back while this one computes on it
+        home = next(net.parameters()).device
+        net.to(device)
+        try:
+            yield net
+        finally:
+            net.to(home)
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -424,9 +449,17 @@ class InversionDetector(Detector):
         batch; two extra backward passes per step).
     activation, beta
         Hard leaky ReLU or its beta-VQ soft version (see :class:`InversionNet`).
+
+    Attributes
+    ----------
+    device : str
+        Where ``fit`` and ``predict_proba`` compute (``"cpu"``, ``"cuda"``, ``"cuda:N"``); set it directly or
+        through :func:`scatterbird.pipeline.device.detector_on`. Not a hyperparameter: it is neither saved nor
+        part of the model's hash, and the learned state and the results always come back on the CPU.
     """
 
     kind = "inversion"
+    device: str = "cpu"
 
     def __init__(
         self,
@@ -561,8 +594,9 @@ class InversionDetector(Detector):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
-            self.net_ = self._build_net(n_channels)
-        net = self.net_
+            self.net_ = self._build_net(n_channels)  # initialised on the CPU: the same weights on any device
+        dev = torch.device(self.device)
+        net = self.net_.to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         bl, bu = int(self.batch_labelled), int(self.batch_unlabelled) if use_unlab else 0
         steps = self.steps_per_epoch or max(
@@ -586,8 +620,8 @@ class InversionDetector(Detector):
                 batch = [xs[i] for i in li]
                 if use_unlab:
                     batch += [us[i] for i in unl_order.take(bu)]
-                x, lengths = _pad_batch(batch)
-                target = torch.from_numpy(y[li])
+                x, lengths = _pad_batch(batch, dev)
+                target = torch.from_numpy(y[li]).to(dev)
                 if use_recon:
                     zs, Rs, lens = layer_reconstructions(net, x, lengths, create_graph=True)
                 else:
@@ -617,7 +651,8 @@ class InversionDetector(Detector):
                 rec["val_ce"] = float(-np.mean(y[va] * np.log(p + eps) + (1 - y[va]) * np.log(1 - p + eps)))
                 key = (rec["val_auc"], rec["val_ce"])
                 if best_key is None or _better(key, best_key):
-                    best_key, best_state, best_epoch, stale = key, copy.deepcopy(net.state_dict()), epoch, 0
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+                    best_key, best_epoch, stale = key, epoch, 0
                 else:
                     stale += 1
             self.history_.append(rec)
@@ -626,6 +661,7 @@ class InversionDetector(Detector):
             )
             if len(va) and stale >= self.patience:
                 break
+        net.to("cpu")  # the learned state lives on the CPU (saving, hashing, the analyses read it there)
         if best_state is not None:
             net.load_state_dict(best_state)
         self.best_epoch_ = best_epoch if best_state is not None else len(self.history_) - 1
@@ -636,24 +672,28 @@ class InversionDetector(Detector):
 
     @torch.no_grad()
     def _proba_standardised(self, xs: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+        """Probabilities of standardised sequences, computed where the network is (fit's device, or the
+        one ``predict_proba`` placed it on), returned on the CPU."""
         net = self.net_
+        dev = next(net.parameters()).device
         was_training = net.training
         net.eval()
         order = np.argsort([s.shape[0] for s in xs], kind="stable")  # similar lengths share a batch
         out = np.empty(len(xs), dtype=np.float64)
         for a in range(0, len(xs), batch):
             idx = order[a : a + batch]
-            x, lengths = _pad_batch([xs[i] for i in idx])
-            out[idx] = torch.softmax(net(x, lengths).double(), dim=1)[:, 1].numpy()
+            x, lengths = _pad_batch([xs[i] for i in idx], dev)
+            out[idx] = torch.softmax(net(x, lengths).double(), dim=1)[:, 1].cpu().numpy()
         net.train(was_training)
         return out
 
     def predict_proba(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """Probability of bird for each sequence, shape (n,)."""
+        """Probability of bird for each sequence, shape (n,), computed on ``self.device``."""
         if not hasattr(self, "net_"):
             raise DetectorError("this InversionDetector is not fitted yet; call fit first")
         seqs = check_sequences(sequences, self.n_channels_)
-        return self._proba_standardised(self._standardise(seqs))
+        with _placed(self.net_, torch.device(self.device)):
+            return self._proba_standardised(self._standardise(seqs))
 
     @property
     def n_channels_(self) -> int:

@@ -48,6 +48,7 @@ from scatterbird.pipeline.detect.exports import export_run
 from scatterbird.pipeline.detect.memory import release_free_memory
 from scatterbird.pipeline.detect.store import STORE_NAME, FileResult, ResultsStore, RunInfo, RunParams, shard_store_name
 from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows, iter_windows
+from scatterbird.pipeline.device import detector_on, resolve_device
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died, worker_torch_threads
 from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
@@ -95,6 +96,7 @@ def score_blocks(
     detector: Any,
     params: DetectParams,
     progress: Callable[[float], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score every window of one recording given as mono blocks at the detector's sample rate.
 
@@ -109,6 +111,9 @@ def score_blocks(
     params : DetectParams
     progress : callable, optional
         Called with the seconds of audio scored so far.
+    device : str
+        Where the scattering and, for a detector that can (:func:`scatterbird.pipeline.device.detector_on`),
+        the scoring run; the results come back on the CPU.
 
     Returns
     -------
@@ -118,7 +123,8 @@ def score_blocks(
         ``start_s, end_s, peak_score, peak_s``.
     """
     config: FeatureConfig = detector.feature_config
-    chunks = scattering_for(config).stream(blocks)
+    device = str(resolve_device(device, option="device"))  # "auto" becomes the device it stands for
+    chunks = scattering_for(config, device).stream(blocks)
     rows: list[tuple[float, float]] = []
     scores: list[np.ndarray] = []
     pending: list[np.ndarray] = []
@@ -139,13 +145,14 @@ def score_blocks(
         if progress is not None:
             progress(rows[-1][1])
 
-    for win in iter_windows(chunks, config, params.spec, total_samples):
-        rows.append((win.start_s, win.end_s))
-        pending.append(win.frames)
-        if len(pending) >= SCORE_BATCH:
+    with detector_on(detector, device):
+        for win in iter_windows(chunks, config, params.spec, total_samples):
+            rows.append((win.start_s, win.end_s))
+            pending.append(win.frames)
+            if len(pending) >= SCORE_BATCH:
+                score()
+        if pending:
             score()
-    if pending:
-        score()
     windows = np.column_stack([np.array(rows, dtype=np.float64).reshape(-1, 2), np.concatenate(scores)])
     return windows, events_from_windows(windows, params.min_conf)
 
@@ -155,6 +162,7 @@ def detect_file(
     detector: Any,
     params: DetectParams,
     progress: Callable[[float], None] | None = None,
+    device: str = "cpu",
 ) -> FileResult:
     """Score every window of one recording.
 
@@ -167,6 +175,8 @@ def detect_file(
     params : DetectParams
     progress : callable, optional
         Called with the seconds of audio scored so far, after each batch of windows (a long file's progress).
+    device : str
+        Where the work runs (:func:`score_blocks`), by name.
 
     Returns
     -------
@@ -183,7 +193,8 @@ def detect_file(
         config: FeatureConfig = detector.feature_config
         stream = stream_audio(path, config.sample_rate)
         res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
-        res.windows, res.events = score_blocks(stream, lambda: stream.samples_out, detector, params, progress)
+        res.windows, res.events = score_blocks(stream, lambda: stream.samples_out, detector, params, progress,
+                                               device)
         res.duration_s = stream.samples_out / config.sample_rate
         res.warning = stream.warning  # truncated, damaged or low-rate: used, and said so
         res.status = "done"
@@ -260,10 +271,11 @@ def _stop_workers_on_interrupt(executor: Any, local: bool, bar: Any, log: Callab
         raise
 
 
-def worker_detect(path: str, ref: ModelRef, params: DetectParams) -> FileResult:
-    """The per-file work as a worker runs it: the model from ``ref`` (cached), the worker's torch threads."""
+def worker_detect(path: str, ref: ModelRef, params: DetectParams, device: str = "cpu") -> FileResult:
+    """The per-file work as a worker runs it: the model from ``ref`` (cached), the worker's torch threads,
+    ``device`` by name (the model stays on the CPU between files; see :func:`score_blocks`)."""
     worker_torch_threads()  # also on the thread a Dask worker runs the job on
-    return detect_file(path, _load_ref(ref), params)
+    return detect_file(path, _load_ref(ref), params, device=device)
 
 
 # -- shards -------------------------------------------------------------------------------------------
@@ -454,6 +466,7 @@ def run_detect(
     formats: Sequence[str] = (),
     progress: bool = False,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    device: str = "cpu",
 ) -> DetectSummary:
     """Detect bird activity in every recording of ``inputs``; results go to ``OUTDIR/scatterbird.sqlite``.
 
@@ -482,6 +495,10 @@ def run_detect(
         Show a progress bar (stderr).
     log : callable
         Receives the resume / new-run notes as they happen.
+    device : str
+        Where the scattering and the detector's scoring run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+        (:func:`scatterbird.pipeline.device.resolve_device`, checked before any work). Not part of the run's
+        parameters: the scores are the same up to float rounding, so a rerun on another device resumes.
 
     Returns
     -------
@@ -490,6 +507,7 @@ def run_detect(
     t0 = time.perf_counter()
     if workers < 1:
         raise BatchError(f"--workers must be >= 1, got {workers}")
+    device_name = str(resolve_device(device))  # no such device: OptionError before the model is read
     det, mpath = load_model_for_run(model_path)
     config: FeatureConfig = det.feature_config
     run_params = RunParams(
@@ -511,6 +529,7 @@ def run_detect(
         "inputs": [os.fspath(i) for i in inputs], "extensions": list(extensions or []), "force": force,
         "workers": workers, "scheduler": scheduler, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "argv": sys.argv, "files": len(files),  # files: what `export` compares a run's progress with
+        "device": device_name,
     }
     with ResultsStore(store_path, writer=True) as store:
         previous = store.run() if store.runs() else None
@@ -568,10 +587,11 @@ def run_detect(
         ref = ModelRef(det.model_hash, type(det).__module__, path=None if scheduler else str(mpath.resolve()),
                        data=mpath.read_bytes() if scheduler else None)
         if scheduler or workers > 1:
-            job: Callable[[str], FileResult] = partial(worker_detect, ref=replace(ref, data=None), params=params)
+            job: Callable[[str], FileResult] = partial(worker_detect, ref=replace(ref, data=None), params=params,
+                                                       device=device_name)
         else:
             def job(p: str) -> FileResult:
-                return detect_file(p, det, params, progress=lambda s: bar.advance(p, s))
+                return detect_file(p, det, params, progress=lambda s: bar.advance(p, s), device=device_name)
 
         n_seen = 0
         init = _load_ref if scheduler else _local_worker_init  # local workers leave Ctrl-C to this process

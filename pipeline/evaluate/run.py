@@ -23,6 +23,7 @@ from scatterbird.errors import AudioError, DatasetError, FeatureConfigMismatch
 from scatterbird.pipeline.clip_features import clip_scattergram, compute_sequences
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, check_distinct_names
+from scatterbird.pipeline.device import detector_on, resolve_device
 from scatterbird.pipeline.evaluate.outputs import write_outputs
 from scatterbird.pipeline.evaluate.results import DatasetResult, RunResult, harmonic_mean_auc, metrics_for, worst_clips
 
@@ -30,9 +31,14 @@ from scatterbird.pipeline.evaluate.results import DatasetResult, RunResult, harm
 # =====================================================================================================
 # Scoring
 # =====================================================================================================
-def score_sequences(detector, sequences: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
-    """``detector.predict_proba`` in batches (bounds the memory of kernel detectors), as float64."""
-    out = [np.asarray(detector.predict_proba(list(sequences[i : i + batch])), dtype=np.float64) for i in range(0, len(sequences), batch)]
+def score_sequences(detector, sequences: Sequence[np.ndarray], batch: int = 256, device: str = "cpu") -> np.ndarray:
+    """``detector.predict_proba`` in batches (bounds the memory of kernel detectors), as float64.
+
+    ``device``: where a detector that can (:func:`scatterbird.pipeline.device.detector_on`) scores.
+    """
+    with detector_on(detector, str(resolve_device(device, option="device"))):
+        out = [np.asarray(detector.predict_proba(list(sequences[i : i + batch])), dtype=np.float64)
+               for i in range(0, len(sequences), batch)]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -68,6 +74,7 @@ def evaluate(
     seed: int = 0,
     n_worst: int = 5,
     progress: bool = True,
+    device: str = "cpu",
 ) -> RunResult:
     """Score every clip of each dataset with a trained detector and write the evaluation outputs.
 
@@ -92,11 +99,15 @@ def evaluate(
         Bootstrap replicates for the AUC intervals (0: none) and their seed.
     n_worst : int
         False positives and false negatives shown per dataset in the report, by rank (:func:`worst_clips`).
+    device : str
+        Where the features are computed and the detector scores: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"auto"`` (:func:`scatterbird.pipeline.device.resolve_device`, checked before any work).
 
     Returns
     -------
     RunResult
     """
+    device = str(resolve_device(device))  # no such device: OptionError before any feature work
     cfg = getattr(detector, "feature_config", None)
     if cfg is None:
         cfg = config or FeatureConfig()
@@ -108,12 +119,13 @@ def evaluate(
     results = []
     for data in datasets:
         seqs, reasons = compute_sequences(
-            data.clips, cfg, cache_dir=cache_dir, workers=workers, scheduler=scheduler, progress=progress, desc=data.name
+            data.clips, cfg, cache_dir=cache_dir, workers=workers, scheduler=scheduler, progress=progress, desc=data.name,
+            device=device,
         )
         scores = np.full(len(data.clips), np.nan)
         ok = [i for i, s in enumerate(seqs) if s is not None]
         if ok:
-            scores[ok] = score_sequences(detector, [seqs[i] for i in ok])
+            scores[ok] = score_sequences(detector, [seqs[i] for i in ok], device=device)
         results.append(DatasetResult(data, scores, reasons, metrics_for(data, scores, reasons, n_boot, seed)))
     run = RunResult("evaluate", results, cfg, _model_info(detector, model_path), harmonic_mean_auc(results))
     run.bootstrap = {"replicates": n_boot, "seed": seed, "method": "stratified percentile", "level": 0.95}

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from scatterbird.errors import OutputError
 from scatterbird.pipeline.config import FeatureConfig
+from scatterbird.pipeline.device import resolve_device
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died
 from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
 from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate
@@ -22,14 +24,25 @@ from scatterbird.pipeline.output_files import prepare_output_dir, write_bytes_at
 #: What a file's failure says when the worker process computing it died (a crash, or out of memory).
 WORKER_DIED = "a worker process died while this file was in flight (crash or out of memory); rerun to retry"
 
-_SCATTERINGS: dict[str, Scattering] = {}
+_SCATTERINGS: dict[tuple[str, str], Scattering] = {}
 
 
-def scattering_for(config: FeatureConfig) -> Scattering:
-    """One front end per configuration and process: building its filter banks takes seconds."""
-    sc = _SCATTERINGS.get(config.hash)
+def scattering_for(config: FeatureConfig, device: str | torch.device = "cpu") -> Scattering:
+    """One front end per configuration, device and process: building its filter banks takes seconds.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+    device : str or torch.device
+        Where the transform runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``; see
+        :func:`scatterbird.pipeline.device.resolve_device`, which refuses a device this machine lacks).
+        The features come back on the CPU whatever the device.
+    """
+    dev = resolve_device(device, option="device")
+    key = (config.hash, str(dev))
+    sc = _SCATTERINGS.get(key)
     if sc is None:
-        sc = _SCATTERINGS[config.hash] = Scattering(config)
+        sc = _SCATTERINGS[key] = Scattering(config, device=dev)
     return sc
 
 
@@ -127,8 +140,10 @@ class FeatureRun:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, output) already up to date
 
 
-def write_features(file: tuple[Path, Path | None], outdir: Path, config: FeatureConfig) -> str:
+def write_features(file: tuple[Path, Path | None], outdir: Path, config: FeatureConfig, device: str = "cpu") -> str:
     """Scatter one recording (found under an input root) into ``OUTDIR/<name>.npz``; the file written.
+
+    ``device`` is where the transform runs, by name (a string, so that it travels to worker processes).
 
     Raises
     ------
@@ -138,7 +153,7 @@ def write_features(file: tuple[Path, Path | None], outdir: Path, config: Feature
     path, root = file
     stat = source_stat(path)  # before reading: a file changed meanwhile is redone on the next run
     stream = stream_audio(path, config.sample_rate)
-    sg = concatenate(list(scattering_for(config).stream(stream)))
+    sg = concatenate(list(scattering_for(config, device).stream(stream)))
     target = outdir / (output_name(path, root) + ".npz")
     save_scattergram(target, sg, config, source=str(path), source_stat=stat)
     return str(target)
@@ -153,6 +168,7 @@ def extract_features(
     workers: int = 1,
     scheduler: str | None = None,
     force: bool = False,
+    device: str | torch.device = "cpu",
 ) -> FeatureRun:
     """Scatter each file and write ``OUTDIR/<name>.npz``; unreadable files are recorded, not raised.
 
@@ -172,12 +188,16 @@ def extract_features(
         Where the files are scattered (:func:`pipeline.executor.open_executor`).
     force : bool
         Recompute the files already up to date too.
+    device : str or torch.device
+        Where the scattering runs (:func:`scatterbird.pipeline.device.resolve_device`; checked before any
+        work). The features written are the same whatever the device, up to float rounding.
 
     Returns
     -------
     FeatureRun
         Files written, skipped and failed, each in the order of ``files``.
     """
+    device_name = str(resolve_device(device))  # no such device: OptionError before any work
     out = prepare_output_dir(outdir)  # a file, read-only, not writable: OutputError before any work
     skipped: dict[Path, str] = {}
     for path, root in [] if force else files:
@@ -189,7 +209,8 @@ def extract_features(
     failed: dict[Path, str] = {}
     with tqdm(total=len(todo), desc="features", unit="file", disable=not progress) as bar:
         with open_executor(workers if todo else 1, scheduler if todo else None) as ex:  # no pool for none
-            for (path, _root), target, error in run_each(ex, partial(write_features, outdir=out, config=config), todo):
+            job = partial(write_features, outdir=out, config=config, device=device_name)
+            for (path, _root), target, error in run_each(ex, job, todo):
                 if error is None:
                     written[path] = target
                 elif isinstance(error, OutputError):  # the next files would fail alike: stop the run

@@ -36,6 +36,7 @@ from scatterbird.pipeline.clip_features import FeatureCache, compute_features
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Clip, Dataset, load_dataset
 from scatterbird.pipeline.detect.windows import WindowSpec
+from scatterbird.pipeline.device import detector_on, resolve_device
 from scatterbird.pipeline.frontend.inputs import find_audio
 
 #: Name of the feature cache folder next to the model file, when no cache directory is given.
@@ -135,6 +136,7 @@ def prepare_training_data(
     progress: bool = True,
     workers: int = 1,
     scheduler: str | None = None,
+    device: str = "cpu",
 ) -> TrainingData:
     """Validate the inputs, then compute (or read back) the features of every recording.
 
@@ -159,6 +161,8 @@ def prepare_training_data(
     progress : bool
     workers, scheduler
         Where the features are computed (:func:`pipeline.executor.open_executor`).
+    device : str
+        Where the scattering runs (:func:`scatterbird.pipeline.device.resolve_device`).
 
     Raises
     ------
@@ -188,7 +192,7 @@ def prepare_training_data(
     unlab_files = [f for f in unlab_files if f.resolve() not in labelled_paths]  # never train on a clip twice
 
     cache = FeatureCache(cache_dir, config)
-    run = {"workers": workers, "scheduler": scheduler, "progress": progress}
+    run = {"workers": workers, "scheduler": scheduler, "progress": progress, "device": device}
     lab = compute_features([c.path for c in kept], config, cache, desc="labelled", **run)
     hid = compute_features([c.path for c in hidden], config, cache, desc="hidden-label", **run)
     unl = compute_features(unlab_files, config, cache, windows=WindowSpec(window_s, window_s), desc="unlabeled", **run)
@@ -216,12 +220,17 @@ def default_cache_dir(model_path: str | os.PathLike) -> Path:
     return Path(model_path).resolve().parent / CACHE_DIRNAME
 
 
-def fit_detector(det, data: TrainingData, config: FeatureConfig):
-    """Fit ``det`` on ``data`` (with the unlabeled windows when there are any); attach the configuration."""
-    if data.unlabeled:
-        det.fit(data.sequences, data.labels, unlabeled=data.unlabeled)
-    else:
-        det.fit(data.sequences, data.labels)
+def fit_detector(det, data: TrainingData, config: FeatureConfig, device: str = "cpu"):
+    """Fit ``det`` on ``data`` (with the unlabeled windows when there are any); attach the configuration.
+
+    ``device``: where a detector that can (:func:`scatterbird.pipeline.device.detector_on`) trains; the fitted
+    state comes back on the CPU, and the saved model names no device.
+    """
+    with detector_on(det, str(resolve_device(device, option="device"))):
+        if data.unlabeled:
+            det.fit(data.sequences, data.labels, unlabeled=data.unlabeled)
+        else:
+            det.fit(data.sequences, data.labels)
     det.feature_config = config
     return det
 
@@ -279,6 +288,7 @@ def run_train(
     config: FeatureConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str = "cpu",
     **inputs: Any,
 ) -> TrainReport:
     """Check everything, compute the features, train ``model`` and write it to ``output``.
@@ -298,6 +308,9 @@ def run_train(
         Feature cache root; default ``<model folder>/.cache``.
     progress : bool
         Progress bars (features, and training when the detector takes ``verbose``).
+    device : str
+        Where the features are computed and the detector trains: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"auto"`` (:func:`scatterbird.pipeline.device.resolve_device`, checked before any work).
     **inputs
         ``dataset`` or ``audio`` + ``labels``, ``unlabeled``, ``labelled_fraction``, ``window_s``: see
         :func:`prepare_training_data`.
@@ -310,6 +323,7 @@ def run_train(
     import time
 
     config = config or FeatureConfig()
+    device = str(resolve_device(device))  # no such device: OptionError before any work
     out = validate_output(output)
     params = dict(params or {})
     if progress and "verbose" in inspect.signature(available_detectors().get(model, object).__init__).parameters:
@@ -317,10 +331,10 @@ def run_train(
     det = build_detector(model, params, seed)  # a bad model name or parameter fails before any feature work
     data = prepare_training_data(
         config=config, cache_dir=cache_dir if cache_dir is not None else default_cache_dir(out),
-        seed=seed, progress=progress, **inputs,
+        seed=seed, progress=progress, device=device, **inputs,
     )
     t0 = time.perf_counter()
-    fit_detector(det, data, config)
+    fit_detector(det, data, config, device)
     seconds = time.perf_counter() - t0
     det.save(out)
     return TrainReport(model_path=out, detector=det, data=data, fit_seconds=seconds,
