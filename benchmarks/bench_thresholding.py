@@ -17,6 +17,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/bench_thresholding.py            # 50 draws: ~5 min on a free core
     OMP_NUM_THREADS=1 python benchmarks/bench_thresholding.py --quick    # 5 draws, ~1 min
     OMP_NUM_THREADS=1 python benchmarks/bench_thresholding.py --only-cost
+    ... --grid kymatio                                                      # on kymatio's grid (default: bandwidth)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from scatterbird.data.synthetic import make_clip  # noqa: E402
-from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
+from scatterbird.pipeline.config import GRIDS, FeatureConfig  # noqa: E402
 from scatterbird.pipeline.frontend.scattering import Scattering  # noqa: E402
 from scatterbird.pipeline.frontend.thresholding import (  # noqa: E402
     ConvFrame,
@@ -119,11 +120,11 @@ def print_table(table) -> None:
         print(f"risk < {m}: {len(wins)}/{len(table)} cells ({', '.join(wins) or 'none'})")
 
 
-def cost(seconds: float, reps: int, modes=("none", "risk")) -> dict[str, tuple[float, Scattering]]:
+def cost(seconds: float, reps: int, modes=("none", "risk"), grid: str = "bandwidth") -> dict[str, tuple[float, Scattering]]:
     """Best-of-``reps`` streaming time of ``seconds`` of white noise per mode (banks built beforehand)."""
     x = np.random.default_rng(0).standard_normal(int(seconds * 22050)).astype(np.float32) * 0.05
     blocks = [x[i : i + 22050] for i in range(0, x.size, 22050)]
-    scs = {m: Scattering(FeatureConfig(threshold=m)) for m in modes}
+    scs = {m: Scattering(FeatureConfig(threshold=m, grid=grid)) for m in modes}
     for sc in scs.values():
         list(sc.stream(blocks[: max(1, int(2 * sc.fft_size / 22050))]))  # builds the FFT-length banks
     best = {m: np.inf for m in modes}
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="5 draws, 20 s of audio for the cost")
     ap.add_argument("--noise", default=",".join(NOISES), help="comma-separated backgrounds (white,pink,brown,...)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", choices=GRIDS, default="bandwidth", help="sampling grid of the front end (default %(default)s)")
     ap.add_argument("--cost-seconds", type=float, default=30.0, help="audio streamed for the cost")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-cost", action="store_true")
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
 
     if not args.only_cost:
         t0 = time.perf_counter()
-        setup = make_setup()
+        setup = make_setup(config=FeatureConfig(grid=args.grid))
         print(f"set-up {time.perf_counter() - t0:.1f} s; clips of {setup['n']} samples, {args.draws} draws per cell\n")
         diagnostics(setup)
         print()
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
         print(f"(a) denoising ({time.perf_counter() - t0:.0f} s)")
         print_table(table)
     if not args.no_cost:
-        res = cost(args.cost_seconds, args.reps, ("none", "universal-hard", "risk"))
+        res = cost(args.cost_seconds, args.reps, ("none", "universal-hard", "risk"), args.grid)
         base = res["none"][0]
         print(f"\n(b) front-end cost, streaming {args.cost_seconds:.0f} s of audio, best of {args.reps}")
         for m, (t, sc) in res.items():

@@ -29,7 +29,7 @@ from kymatio.scattering1d.filter_bank import periodize_filter_fourier  # noqa: E
 from test_scattering import birdish  # noqa: E402
 
 from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
-from scatterbird.pipeline.frontend.bands import _run, band  # noqa: E402
+from scatterbird.pipeline.frontend.bands import band, band_run as _run  # noqa: E402
 from scatterbird.pipeline.frontend.scattering import Scattering, modulus  # noqa: E402
 
 

@@ -18,9 +18,16 @@ from scatterbird.errors import ConfigError
 
 #: Bumped when the meaning of a field changes, so that old hashes never match new features (history:
 #: docs/feature-config.md).
-CONFIG_SCHEMA = 2
+CONFIG_SCHEMA = 3
+
+#: Schema before the `grid` field: such configurations were computed on kymatio's grid, and their
+#: canonical JSON (hence their hash) has no `grid` key.
+_SCHEMA_BEFORE_GRID = 2
 
 THRESHOLD_MODES = ("none", "universal-hard", "universal-soft", "risk")
+
+#: Sampling grids of the wavelet coefficients (docs/scattering-grid.md).
+GRIDS = ("bandwidth", "kymatio")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,12 @@ class FeatureConfig:
     pool_s : float
         Step in seconds to which frames are average-pooled before they reach a detector that works on
         coarse sequences (the RNTK: 0.25 s turns a 10 s clip into 40 steps). 0 keeps the native frames.
+    grid : str
+        Where the wavelet coefficients are sampled: ``"bandwidth"`` (each at a rate matched to its filter's
+        bandwidth, the default) or ``"kymatio"`` (kymatio's grid, equal to ``kymatio.Scattering1D``).
+    schema : int
+        Version of the fields' meaning (``CONFIG_SCHEMA``); configurations read from older files keep
+        theirs, with the grid they were computed on.
     """
 
     sample_rate: int = 22050
@@ -59,6 +72,7 @@ class FeatureConfig:
     threshold: str = "risk"
     threshold_order2: bool = False
     pool_s: float = 0.0
+    grid: str = "bandwidth"
     schema: int = field(default=CONFIG_SCHEMA)
 
     def __post_init__(self) -> None:
@@ -78,11 +92,22 @@ class FeatureConfig:
             raise ConfigError(
                 f"threshold must be one of {', '.join(THRESHOLD_MODES)}; got {self.threshold!r}"
             )
+        if self.grid not in GRIDS:
+            raise ConfigError(f"grid must be one of {', '.join(GRIDS)}; got {self.grid!r}")
+        if not 1 <= int(self.schema) <= CONFIG_SCHEMA:
+            raise ConfigError(f"schema must be between 1 and {CONFIG_SCHEMA}, got {self.schema}")
+        if self.schema <= _SCHEMA_BEFORE_GRID and self.grid != "kymatio":
+            raise ConfigError(
+                f"schema {self.schema} predates the bandwidth grid: its features were computed on grid='kymatio'"
+            )
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dictionary of every field."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able dictionary of every field (without ``grid`` before schema 3, as then written)."""
+        values = dataclasses.asdict(self)
+        if self.schema <= _SCHEMA_BEFORE_GRID:  # the text, hence the hash, of older files stays as it was
+            del values["grid"]
+        return values
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): the text the hash is taken of."""
@@ -95,7 +120,10 @@ class FeatureConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown feature-config fields: {', '.join(unknown)}")
-        return cls(**dict(values))
+        values = dict(values)
+        if int(values.get("schema", 1)) <= _SCHEMA_BEFORE_GRID:
+            values.setdefault("grid", "kymatio")  # computed before the grid was a choice
+        return cls(**values)
 
     @classmethod
     def from_json(cls, text: str) -> "FeatureConfig":

@@ -21,6 +21,12 @@ def bank(**fields) -> FeatureConfig:
 
 SMALL = bank(sample_rate=8000, J=6, Q1=4, Q2=1)
 
+#: The bandwidth grid's distance to kymatio's coefficients, as a fraction of each channel's largest value, for
+#: the default configuration, and for the others tested (Q2=2, or J=6 at 8 kHz, where the second order's
+#: modulus aliases more); docs/scattering-grid.md says why these bounds are harmless.
+GRID_BOUND = 1e-2
+OTHER_GRID_BOUND = 6e-2
+
 
 def birdish(n: int, sr: int, seed: int = 0) -> np.ndarray:
     """Noise plus a few chirps: energy in many channels, so every channel is exercised."""
@@ -40,7 +46,9 @@ def streamed(sc: Scattering, x: np.ndarray, block: int, batch: int = 1) -> np.nd
 
 
 # -- streamed == whole ----------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [SMALL, bank()], ids=["small", "default"])
+@pytest.mark.parametrize(
+    "config", [SMALL, bank(), bank(grid="kymatio")], ids=["small", "default", "default-kymatio-grid"]
+)
 @pytest.mark.parametrize("length_chunks", [0.3, 1.0, 2.7])
 def test_streamed_equals_whole(config, length_chunks):
     sc = Scattering(config, fft_size=None if config is SMALL else 2**16)
@@ -76,27 +84,70 @@ def test_stream_start_times_are_consecutive():
 
 
 # -- agreement with kymatio -------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [SMALL, bank(J=8, Q1=8, Q2=2, sample_rate=22050)], ids=["J6Q4", "J8Q8-2"])
-def test_matches_kymatio_interior(config):
-    n = 2**15
+def kymatio_distance(config: FeatureConfig, n: int = 2**15, scattering: Scattering | None = None):
+    """Per order (1, 2): the largest and the median over channels of ``max|ours - kymatio| / max|kymatio|``,
+    over frames one margin away from the ends (kymatio reflect-pads differently there)."""
     x = birdish(n, config.sample_rate, seed=5).astype(np.float64)
     kym = ScatteringNumPy1D(J=config.J, shape=n, Q=(config.Q1, config.Q2))
     ref = kym(x)  # (channels, frames); kymatio's order: 0, first order, second order
     meta = kym.meta()
-    ours_sg = Scattering(config).whole(x.astype(np.float32))
+    sc = scattering or Scattering(config)
+    ours_sg = sc.whole(x.astype(np.float32))
     ours = np.exp(ours_sg.S.astype(np.float64)) - config.log_eps
     assert ours.shape == ref.shape
     np.testing.assert_array_equal(ours_sg.order, meta["order"])
-    # kymatio reflect-pads differently at the ends; compare frames away from them (one margin)
-    edge = int(np.ceil(Scattering(config).margin / 2**config.J))
+    edge = int(np.ceil(sc.margin / 2**config.J))
     inner = slice(edge, ref.shape[1] - edge)
+    out = {}
     for order in (1, 2):
         rows = meta["order"] == order
         a, b = ours[rows, inner], ref[rows, inner]
-        scale = np.abs(b).max(axis=1, keepdims=True)
-        assert np.max(np.abs(a - b) / scale) < 1e-3, order
-        # and most channels far tighter than the bound
-        assert np.median(np.abs(a - b) / scale) < 1e-5
+        dist = np.max(np.abs(a - b), axis=1) / np.abs(b).max(axis=1)
+        out[order] = (float(dist.max()), float(np.median(dist)))
+    return out
+
+
+KYMATIO_CONFIGS = [SMALL, bank(J=8, Q1=8, Q2=2, sample_rate=22050), bank()]
+
+
+@pytest.mark.parametrize("config", KYMATIO_CONFIGS, ids=["J6Q4", "J8Q8-2", "default"])
+def test_kymatio_grid_matches_kymatio(config):
+    for order, (worst, median) in kymatio_distance(config.replace(grid="kymatio")).items():
+        assert worst < 1e-3, order
+        assert median < 1e-5, order  # most channels far tighter than the bound
+
+
+@pytest.mark.parametrize("config", KYMATIO_CONFIGS, ids=["J6Q4", "J8Q8-2", "default"])
+def test_bandwidth_grid_is_within_its_bound_of_kymatio(config):
+    assert config.grid == "bandwidth"
+    bound = GRID_BOUND if config == bank() else OTHER_GRID_BOUND
+    for order, (worst, median) in kymatio_distance(config).items():
+        assert worst < bound, order
+        assert median < GRID_BOUND / 2, order  # most channels far tighter
+
+
+class _CoarserGrid(Scattering):
+    """The bandwidth grid with every first-order rate halved once more (at most to the frame rate)."""
+
+    def _set_grid(self, *args):
+        super()._set_grid(*args)
+        self._k1 = [min(k + 1, self.log2_T) for k in self._k1]
+
+
+def test_a_grid_coarser_than_the_bandwidth_breaks_the_bound():
+    """The bound is not slack: sampling each modulus at half the rate the bandwidth asks for aliases it."""
+    config = bank()
+    dist = kymatio_distance(config, scattering=_CoarserGrid(config))
+    assert max(worst for worst, _ in dist.values()) > GRID_BOUND
+
+
+def test_bandwidth_grid_is_coarser_than_kymatios():
+    """No wavelet is sampled more finely than on kymatio's grid, and the first order keeps at most half as
+    many coefficients per audio sample."""
+    bw, ky = Scattering(bank()), Scattering(bank(grid="kymatio"))
+    k_bw, k_ky = bw.first_order_k(), ky.first_order_k()
+    assert np.all(k_bw >= k_ky) and all(a >= b for a, b in zip(bw._j2, ky._j2))
+    assert np.sum(2.0**-k_bw) <= 0.51 * np.sum(2.0**-k_ky)
 
 
 # -- known answers -----------------------------------------------------------------------------------
@@ -189,3 +240,30 @@ def test_filter_banks_are_cached_per_instance():
         b._bank(2**14), b._bank(2**15), b._bank(2**16)
     assert a._bank(2**14) is ba
     assert b._bank(2**16) is b._bank(2**16) and list(b._banks) == [2**15, 2**16]
+
+
+def test_a_second_front_end_reads_its_filters_from_the_disk_cache(tmp_path, monkeypatch):
+    """Filters, the reference supports and the thresholding's rule filters are built once, then read back by
+    any later front end of the same configuration, with identical output; a damaged file is rebuilt."""
+    from scatterbird.pipeline.frontend import thresholding
+
+    monkeypatch.setenv("SCATTERBIRD_FILTER_CACHE", str(tmp_path))
+    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="risk")
+    x = birdish(20000, 8000)
+    first = Scattering(config, fft_size=2**16).whole(x).S
+    files = sorted(tmp_path.glob("*"))
+    assert len(files) >= 3  # reference, rule filters, a bank
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(Scattering, "_build_bank", refuse)
+        m.setattr(Scattering, "_reference", refuse)
+        m.setattr(thresholding._RuleBank, "__init__", refuse)
+        again = Scattering(config, fft_size=2**16).whole(x).S
+    np.testing.assert_array_equal(again, first)
+    for f in files:
+        f.write_bytes(b"garbage")
+    np.testing.assert_array_equal(Scattering(config, fft_size=2**16).whole(x).S, first)
+    assert all(f.stat().st_size > 100 for f in files)  # replaced by good files

@@ -2,9 +2,9 @@
 
 Filtering in Fourier and subsampling by ``2**d`` folds the product to ``T = m / 2**d`` bins (kymatio's
 ``subsample_fourier``): ``out[j] = 2**-d * sum_a Y[j + a T] h[j + a T]``. A :class:`Band` keeps only the
-circular run of bins where ``|h| > BAND_REL * max|h|`` and computes the folded product as one gather, one
-multiply and, for a filter wider than the output band, a sum over rows; :func:`band` builds it for a full
-(``fft``) or a half (``rfft``) spectrum.
+circular run of bins where ``|h| > BAND_REL * max|h|``, cut into contiguous pieces, and computes the folded
+product piece by piece (added where a run wider than the output band folds onto itself); :func:`band` builds
+it for a full (``fft``) or a half (``rfft``) spectrum.
 
 Derivation: docs/scattering-grid.md ("Band-limited Fourier products").
 """
@@ -32,38 +32,45 @@ class FilterGroup:
 
 @dataclass
 class Band:
-    """``fold(Y * h_f, 2**d)`` for filters ``h_f`` of one length ``m``, as a gather.
+    """``fold(Y * h_f, 2**d)`` for filters ``h_f`` of one length ``m``, as products over contiguous pieces.
 
     Attributes
     ----------
-    src : Tensor, int64, shape (F, r, T)
-        Spectrum bins read (indices into a full or, with ``half``, a half spectrum); empty (F, 1, 0) where
-        ``segments`` replace the gather.
-    weight : Tensor, float32, shape (F, r, T) or (F, r, T, 2)
-        ``h[bin] / 2**d`` (zero on padding); with ``half``, a last axis ``(w, +-w)`` that conjugates the
-        bins above ``m / 2``.
     m, T : int
         Spectrum length and output length.
     half : bool
-        Whether ``src`` indexes an ``rfft`` half spectrum.
+        Whether the band reads an ``rfft`` half spectrum.
     single : bool
         Built from one 1-D filter: :meth:`apply` has no filter axis.
+    segments : list of lists of (int, int, Tensor)
+        Per filter, the contiguous pieces ``(src_lo, out_lo, weights)`` of its run: ``weights`` (float32) is
+        ``h[bin] / 2**d`` for the spectrum bins ``src_lo ...``, added to the output bins ``out_lo ...``. In a
+        half spectrum a negative ``src_lo`` (``-(mirror of the first bin)``) reads conjugated mirror bins, in
+        reverse.
+    rows : int
+        Spectrum bins folded onto one output bin at most (1 where the filter's run fits the output band: no
+        aliasing, and the pieces are written rather than added).
     """
 
-    src: torch.Tensor
-    weight: torch.Tensor
     m: int
     T: int
     half: bool
-    single: bool = False
-    # bands of one row: per filter, contiguous pieces (src_lo, out_lo, weights) of its run; in a half
-    # spectrum a negative src_lo = -(mirror of the first bin) reads conjugated mirror bins, in reverse
-    segments: list[list[tuple[int, int, torch.Tensor]]] | None = None
+    single: bool
+    segments: list[list[tuple[int, int, torch.Tensor]]]
+    rows: int = 1
+
+    def to(self, device: torch.device | str) -> "Band":
+        """This band with its weights on ``device`` (itself when they are there already)."""
+        first = next((w for pieces in self.segments for _, _, w in pieces), None)
+        if first is None or first.device == torch.device(device):
+            return self
+        segments = [[(lo, at, w.to(device)) for lo, at, w in pieces] for pieces in self.segments]
+        return Band(self.m, self.T, self.half, self.single, segments, self.rows)
 
     @property
-    def rows(self) -> int:
-        """Output bands summed per output bin (1 where the filter fits the output band: no aliasing)."""
-        return int(self.src.shape[1])
+    def bins(self) -> int:
+        """Spectrum bins multiplied per application (every filter's run)."""
+        return sum(w.shape[0] for pieces in self.segments for _, _, w in pieces)
 
     def apply(self, Y: torch.Tensor) -> torch.Tensor:
         """The folded products of spectrum ``Y`` (..., m or m // 2 + 1) with every filter: (..., F, T).
@@ -73,27 +80,22 @@ class Band:
         want = self.m // 2 + 1 if self.half else self.m
         if Y.shape[-1] != want:
             raise ValueError(f"spectrum of length {Y.shape[-1]}, band built for {want}")
-        if self.segments is not None:
-            # only the run's bins are multiplied; the rest of the output band is zero
-            F = len(self.segments)
-            out = torch.zeros(*Y.shape[:-1], F, self.T, dtype=Y.dtype)
-            for f, pieces in enumerate(self.segments):
-                for lo, at, w in pieces:
-                    L = w.shape[0]
-                    if lo >= 0:  # the product is written in place: no temporary of the band's size
-                        torch.mul(Y[..., lo : lo + L], w, out=out[..., f, at : at + L])
-                    else:  # bins above m / 2 of a real signal: conjugates of the mirror bins, in reverse
-                        hi = -lo  # the mirror of the piece's first bin
-                        torch.mul(Y[..., hi - L + 1 : hi + 1].flip(-1).conj(), w, out=out[..., f, at : at + L])
-            return out[..., 0, :] if self.single else out
-        src = self.src[0] if self.single else self.src
-        w = self.weight[0] if self.single else self.weight
-        v = Y[..., src]  # (..., [F,] r, T)
-        if self.half:
-            v = torch.view_as_complex(torch.view_as_real(v) * w)
-        else:
-            v = v * w
-        return v.sum(-2) if self.rows > 1 else v.squeeze(-2)
+        # only the run's bins are multiplied; the rest of the output band is zero
+        F = len(self.segments)
+        out = torch.zeros(*Y.shape[:-1], F, self.T, dtype=Y.dtype, device=Y.device)
+        for f, pieces in enumerate(self.segments):
+            for lo, at, w in pieces:
+                L = w.shape[0]
+                if lo >= 0:
+                    src = Y[..., lo : lo + L]
+                else:  # bins above m / 2 of a real signal: conjugates of the mirror bins, in reverse
+                    hi = -lo  # the mirror of the piece's first bin
+                    src = Y[..., hi - L + 1 : hi + 1].flip(-1).conj()
+                if self.rows == 1:  # written in place: no temporary of the band's size
+                    torch.mul(src, w, out=out[..., f, at : at + L])
+                else:  # pieces of an aliasing run overlap in the output: added
+                    out[..., f, at : at + L] += src * w
+        return out[..., 0, :] if self.single else out
 
 
 class FilterStack(abc.Sequence):
@@ -148,54 +150,31 @@ def band(filters: np.ndarray, d: int, *, half: bool = False, rel: float = BAND_R
             m = row.size
         elif row.size != m:
             raise ValueError(f"filters of different lengths: {m} and {row.size}")
-        start, length = _run(row, rel)
+        start, length = band_run(row, rel)
         runs.append((start, row[np.arange(start, start + length) % m]))
     if m is None:
         raise ValueError("no filters")
-    F = len(runs)
     T = m >> int(d)
     if T << int(d) != m:
         raise ValueError(f"length {m} is not a multiple of 2**{d}")
     r = max(-(-vals.size // T) for _, vals in runs)
-    segments = None
-    if r == 1:
-        segments = []
-        for start, vals in runs:
-            pieces, i, length = [], 0, vals.size
-            while i < length:
-                b, at = (start + i) % m, (start + i) % T
-                # up to the next wrap of the input or the output (and, in a half spectrum, of its mirror)
-                edge = (m // 2 + 1 if b <= m // 2 else m) if half else m
-                step = min(length - i, edge - b, T - at)
-                w = torch.from_numpy((vals[i : i + step] / 2**d).astype(np.float32))
-                # a negative source marks bins read as conjugates of their mirrors: -(m - b) = mirror of b
-                pieces.append((-(m - b) if half and b > m // 2 else b, at, w))
-                i += step
-            segments.append(pieces)
-    if segments is not None:  # the pieces replace the gather
-        return Band(torch.zeros((F, 1, 0), dtype=torch.long), torch.zeros((F, 1, 0)), m, T, half, single, segments)
-    src = np.zeros((F, r, T), dtype=np.int64)
-    w = np.zeros((F, r, T), dtype=np.float64)
-    j = np.arange(T)
-    for f, (start, vals) in enumerate(runs):
-        length = vals.size
-        # row a, column j: the a-th bin of the run [start, start + length) congruent to j mod T
-        first = start + (j - start) % T
-        for a in range(r):
-            b = first + a * T
-            inside = b < start + length
-            src[f, a] = np.where(inside, b % m, 0)
-            w[f, a] = np.where(inside, vals[np.minimum(b - start, length - 1)], 0.0) / 2**d
-    if half:
-        neg = src > m // 2
-        src = np.where(neg, (m - src) % m, src)
-        weight = np.stack([w, np.where(neg, -w, w)], axis=-1)
-    else:
-        weight = w
-    return Band(torch.from_numpy(src), torch.from_numpy(weight.astype(np.float32)), m, T, half, single, segments)
+    segments = []
+    for start, vals in runs:
+        pieces, i, length = [], 0, vals.size
+        while i < length:
+            b, at = (start + i) % m, (start + i) % T
+            # up to the next wrap of the input or the output (and, in a half spectrum, of its mirror)
+            edge = (m // 2 + 1 if b <= m // 2 else m) if half else m
+            step = min(length - i, edge - b, T - at)
+            w = torch.from_numpy((vals[i : i + step] / 2**d).astype(np.float32))
+            # a negative source marks bins read as conjugates of their mirrors: -(m - b) = mirror of b
+            pieces.append((-(m - b) if half and b > m // 2 else b, at, w))
+            i += step
+        segments.append(pieces)
+    return Band(m, T, half, single, segments, r)
 
 
-def _run(h: np.ndarray, rel: float) -> tuple[int, int]:
+def band_run(h: np.ndarray, rel: float = BAND_REL) -> tuple[int, int]:
     """``(start, length)`` of the shortest circular run of bins holding every ``|h| > rel * max|h|``."""
     m = h.size
     mag = np.abs(h)

@@ -16,9 +16,9 @@ returns the object a ``build`` function makes, stored under a key in one file pe
   process, never an error.
 
 Objects are stored as plain containers by :func:`encode` and rebuilt by :func:`decode`. Only classes
-registered with :func:`register` are written or rebuilt; the filter classes of ``bands.py`` and
-``thresholding.py`` are registered here, and a module defining more (``scattering.py``: its bank and plan
-dataclasses) registers them itself, since this module must not import it.
+registered with :func:`register` are written or rebuilt; the filter classes of ``bands.py`` are registered
+here, and a module defining more (``thresholding.py``: its rule bank; ``scattering.py``: its bank and plan
+dataclasses) registers them itself, since this module must not import them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import torch
 from scatterbird.data import user_cache_dir
 from scatterbird.errors import ScatterbirdError
 from scatterbird.pipeline.frontend.bands import Band, FilterGroup
-from scatterbird.pipeline.frontend.thresholding import _RuleBank
 from scatterbird.version import __version__
 
 #: Bump when the stored structures change (the classes' fields, or this module's encoding).
@@ -88,7 +87,7 @@ def register(*classes: type) -> None:
         _REGISTRY[_name(cls)] = cls
 
 
-register(Band, FilterGroup, _RuleBank)
+register(Band, FilterGroup)
 
 
 # -- encoding --------------------------------------------------------------------------------------

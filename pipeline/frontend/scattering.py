@@ -34,7 +34,8 @@ from scipy.fft import ifft as sp_ifft
 
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.frontend.audio import stream_audio
-from scatterbird.pipeline.frontend.bands import Band, FilterGroup, FilterStack, band
+from scatterbird.pipeline.frontend.bands import Band, FilterGroup, FilterStack, band, band_run
+from scatterbird.pipeline.frontend.filter_cache import cached, register
 from scatterbird.pipeline.frontend.thresholding import ScatteringThresholder
 
 #: kymatio's defaults for the filter bank shape.
@@ -50,6 +51,17 @@ _GROUP_SAMPLES = 2**19
 
 #: Tail mass left out of the streaming margin (relative L1 mass of each filter).
 _SUPPORT_EPS = 1e-7
+
+#: Bandwidth grid: a wavelet's complex coefficients are taken at the coarsest dyadic rate whose band holds
+#: every Fourier bin where the filter is above this fraction of its peak (complex band-pass sampling). The
+#: coefficients are still exact samples of the full filter's output (the tails alias, as sampling does);
+#: what the rate must hold is the modulus taken of them. See docs/scattering-grid.md for the choice.
+BANDWIDTH_REL = 1e-3
+
+#: Bandwidth grid: a second-order wavelet counts as reaching ``xi + GRID_ALPHA * sigma`` (kymatio's own
+#: ``alpha``) when the rate of the first-order modulus it filters is chosen. 3 would make the front end ~20 %
+#: cheaper and S2 up to ~3 % of a channel's maximum away from kymatio's (docs/scattering-grid.md).
+GRID_ALPHA = 5.0
 
 #: A first-order hook receives a list of subsampling groups' complex coefficients (batch, filters, time)
 #: with the groups (filters' indices, log2 subsampling), and returns coefficients of the same shapes. The
@@ -118,7 +130,25 @@ class _Bank:
     psi1: list[Band]  # per group: the wavelets on the signal's full spectrum, subsampled by 2**k
     phi1: list[Band]  # per group: the low-pass on the moduli's half spectra, down to the frame rate
     plan2: list[list[_Plan2]] = field(default_factory=list)
+    channels1: list[torch.Tensor] = field(default_factory=list)  # per group: its first-order output channels
 
+    def to(self, device: torch.device) -> "_Bank":
+        """This bank with every tensor on ``device``."""
+        return _Bank(
+            n=self.n,
+            phi0=self.phi0.to(device),
+            groups=self.groups,
+            psi1=[b.to(device) for b in self.psi1],
+            phi1=[b.to(device) for b in self.phi1],
+            plan2=[
+                [_Plan2(p.k2, p.n2s.to(device), p.rows.to(device), p.psi.to(device), p.phi.to(device)) for p in plans]
+                for plans in self.plan2
+            ],
+            channels1=[c.to(device) for c in self.channels1],
+        )
+
+
+register(_Bank, _Plan2)  # stored in the on-disk filter cache (pipeline/frontend/filter_cache.py)
 
 #: exp(-x) is exactly 0.0 in float64 for x > 745.2: Gaussian samples beyond it need not be evaluated.
 _EXP_ZERO = 746.0
@@ -183,6 +213,21 @@ def modulus(z: torch.Tensor) -> torch.Tensor:
     return out.sqrt_()
 
 
+def _upper_k(xi: float, sigma: float, alpha: float) -> int:
+    """kymatio's ``get_max_dyadic_subsampling`` with reach ``alpha``: the largest ``k`` whose Nyquist
+    frequency ``2**-(k + 1)`` is above ``xi + alpha * sigma``."""
+    return int(math.floor(-math.log2(min(xi + alpha * sigma, 0.5)))) - 1
+
+
+def _fit_k(run: int, n: int, cap: int) -> int:
+    """The largest ``k <= cap`` for which a band of ``run`` bins (of ``n``) fits in ``n / 2**k`` bins: a complex
+    output sampled every ``2**k`` samples does not alias."""
+    k = cap
+    while k > 0 and run > n >> k:
+        k -= 1
+    return k
+
+
 def _support(h_f: np.ndarray, eps: float = _SUPPORT_EPS) -> int:
     """Half-width in samples holding all but ``eps`` of a filter's time-domain L1 mass."""
     h = np.abs(np.fft.ifft(h_f))
@@ -204,11 +249,22 @@ class Scattering:
         Sample rate, J, Q1, Q2, order, log offset.
     fft_size : int, optional
         Length of each streaming chunk's FFT buffer (a power of two, at least four times the margin).
-        Defaults to the smallest power of two >= 2**17 that leaves at least three quarters of the buffer for
-        new frames (the margins are recomputed work, which a longer buffer wastes less of, for more memory).
+        Defaults to the smallest power of two >= 2**18 that leaves at least seven eighths of the buffer for new
+        frames (on kymatio's grid: >= 2**17 and three quarters); the margins are recomputed work, which a longer
+        buffer wastes less of, for more memory.
     first_order_hook : callable, optional
         Edits the complex first-order wavelet coefficients before the modulus (the thresholding stage).
         See ``FirstOrderHook``.
+    device : str or torch.device
+        Where the transform runs (``"cpu"``, ``"cuda"``); results are returned on the CPU.
+
+    Attributes
+    ----------
+    margin : int
+        Context samples each buffer needs on both sides of the frames it gives (a multiple of ``align``).
+    align : int
+        Buffers whose first samples lie a multiple of ``align`` apart give the same frames for the same audio
+        (the thresholding's noise blocks; the hop without thresholding).
 
     Notes
     -----
@@ -222,8 +278,10 @@ class Scattering:
         *,
         fft_size: int | None = None,
         first_order_hook: FirstOrderHook | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.config = config or FeatureConfig()
+        self.device = torch.device(device)
         c = self.config
         self.log2_T = int(c.J)
         self.hop = 2**self.log2_T
@@ -234,10 +292,9 @@ class Scattering:
         _, psi1_f, psi2_f = self._factory(2 ** (self.log2_T + 1))
         self._psi1_meta = [{key: p[key] for key in ("xi", "sigma", "j")} for p in psi1_f]
         self._psi2_meta = [{key: p[key] for key in ("xi", "sigma", "j")} for p in psi2_f]
-        ref_n = max(2 ** (self.log2_T + 8), 2**14)
-        sup_phi = _support(self._filter(ref_n, None))
-        sup1 = max(_support(self._filter(ref_n, p)) for p in self._psi1_meta)
-        sup2 = max(_support(self._filter(ref_n, p)) for p in self._psi2_meta) if c.max_order == 2 else 0
+        ref = cached({"what": "reference", "config": c.to_json()}, self._reference)
+        self._set_grid(ref["n"], ref["runs1"], ref["runs2"])
+        sup_phi, sup1, sup2 = ref["support_phi"], ref["support1"], ref["support2"]
         margin = sup_phi + sup1 + sup2
         # Thresholding (pipeline/frontend/thresholding.py): a keep-or-kill decision also depends on the noise
         # level around the coefficient, which widens the context each thresholded order needs by `reach`.
@@ -247,10 +304,13 @@ class Scattering:
             margin += self._thresholder.reach * (2 if c.threshold_order2 and c.max_order == 2 else 1)
         # A multiple of the noise block, so that chunks start on the same block grid as the whole signal.
         grid = self._thresholder.block if self._thresholder is not None else self.hop
+        self.align = int(grid)  # buffers that start a multiple of this apart see the same noise blocks
         self.margin = int(math.ceil(margin / grid) * grid)
         if fft_size is None:
-            fft_size = 2**17
-            while 4 * (fft_size - 2 * self.margin) < 3 * fft_size:
+            # the margins are recomputed work: the bandwidth grid's buffers cost a third as much memory per
+            # sample as kymatio's, so they can be long enough to waste an eighth of their samples, not a quarter
+            fft_size, share = (2**17, 4) if c.grid == "kymatio" else (2**18, 8)
+            while share * (fft_size - 2 * self.margin) < (share - 1) * fft_size:
                 fft_size *= 2
         if fft_size & (fft_size - 1) or fft_size - 2 * self.margin < self.hop:
             raise ValueError(
@@ -260,6 +320,72 @@ class Scattering:
         self.fft_size = int(fft_size)
         self.core = self.fft_size - 2 * self.margin  # new samples per chunk, a multiple of hop
         self._build_metadata()
+
+    def _reference(self) -> dict:
+        """What the margin and the grid need from the filters at a reference length (they do not depend on
+        the FFT length): each filter's time support and the length of its band (bins above ``BANDWIDTH_REL``)."""
+        n = max(2 ** (self.log2_T + 8), 2**14)
+        out = {"n": n, "support_phi": _support(self._filter(n, None)), "runs1": [], "runs2": []}
+        sup1 = sup2 = 0
+        for p in self._psi1_meta:
+            h = self._filter(n, p)
+            sup1 = max(sup1, _support(h))
+            out["runs1"].append(band_run(h, BANDWIDTH_REL)[1])
+        for p in self._psi2_meta:
+            h = self._filter(n, p)
+            sup2 = max(sup2, _support(h))
+            out["runs2"].append(band_run(h, BANDWIDTH_REL)[1])
+        out["support1"] = sup1
+        out["support2"] = sup2 if self.config.max_order == 2 else 0
+        return out
+
+    # -- the sampling grid ------------------------------------------------------------------------
+    def _set_grid(self, ref_n: int, runs1: list[int], runs2: list[int]) -> None:
+        """log2 subsampling of every first-order wavelet (``_k1``) and second-order wavelet (``_j2``, relative to
+        the audio), on the configured grid (docs/scattering-grid.md)."""
+        lt = self.log2_T
+        if self.config.grid == "kymatio":
+            self._k1 = [int(min(p["j"], lt)) for p in self._psi1_meta]
+            self._j2 = [int(p["j"]) for p in self._psi2_meta]
+            return
+        # a second-order coefficient is complex with a one-sided spectrum: its rate need only hold the band of
+        # its wavelet (complex band-pass sampling)
+        self._j2 = [_fit_k(run, ref_n, lt) for run in runs2]
+        k1 = []
+        for p, run in zip(self._psi1_meta, runs1):
+            width = run / ref_n  # the wavelet's band, hence the modulus's spectrum, in cycles per sample
+            reach = 0.0  # how far up the second-order wavelets applied to the modulus reach
+            if self.config.max_order == 2:
+                reach = max(
+                    (q["xi"] + GRID_ALPHA * q["sigma"] for q in self._psi2_meta if q["j"] > p["j"]), default=0.0
+                )
+            # Taken every 2**k samples, the complex coefficients must hold the wavelet's band (run fits) and the
+            # real modulus the second-order wavelets' reach (Nyquist); what the modulus holds above the Nyquist
+            # frequency (up to `width`) folds to 2**-k - width and above, which must clear them too.
+            k = _fit_k(run, ref_n, lt - 1)  # at the frame rate itself the low-pass could not average the modulus
+            while k > 0 and (2.0 ** -(k + 1) < reach or 2.0**-k < width + reach):
+                k -= 1
+            k1.append(k)
+        self._k1 = k1
+
+    def _kymatio_scale(self) -> np.ndarray | None:
+        """Per channel, the factor that puts the bandwidth grid's output on kymatio's scale (None on its grid).
+
+        kymatio periodises a filter to level ``k`` by the *mean* of its ``2**k`` periods, so its low-pass at
+        level ``k`` has DC gain ``2**-k``: S1 carries ``2**-k1`` and S2 ``2**-k1`` (the second-order wavelet
+        at level ``k1``) times ``2**-(k1 + k2)``, with kymatio's own ``k1``, ``k2``. The bandwidth grid's
+        factors are those of its own levels; this ratio makes the two grids' coefficients comparable.
+        """
+        if self.config.grid == "kymatio":
+            return None
+        lt = self.log2_T
+        kym1 = [min(p["j"], lt) for p in self._psi1_meta]
+        scale = [1.0] + [2.0 ** (k - q) for k, q in zip(self._k1, kym1)]
+        for n1, n2 in self.pairs:
+            own = self._k1[n1] + max(min(self._j2[n2], lt), self._k1[n1])
+            kym = kym1[n1] + max(min(self._psi2_meta[n2]["j"], lt), kym1[n1])
+            scale.append(2.0 ** (own - kym))
+        return np.array(scale)
 
     # -- filters ---------------------------------------------------------------------------------
     def _factory(self, n: int):
@@ -291,6 +417,8 @@ class Scattering:
         self.frequency2 = np.array(f2, dtype=np.float64)
         self.pairs = pairs
         self.n_channels = len(order)
+        scale = self._kymatio_scale()
+        self._scale = None if scale is None else torch.from_numpy(scale.astype(np.float32))[:, None].to(self.device)
 
     @property
     def psi1_xi(self) -> np.ndarray:
@@ -304,7 +432,7 @@ class Scattering:
 
     def first_order_k(self) -> np.ndarray:
         """log2 subsampling of each first-order filter's complex coefficients."""
-        return np.array([min(p["j"], self.log2_T) for p in self._psi1_meta], dtype=np.int64)
+        return np.array(self._k1, dtype=np.int64)
 
     def psi1_fourier(self, n: int) -> np.ndarray:
         """First-order filters in Fourier at FFT length ``n``, shape (K1, n), real float64."""
@@ -338,10 +466,27 @@ class Scattering:
         cache: OrderedDict[int, _Bank] = self.__dict__.setdefault("_banks", OrderedDict())
         bank = cache.get(n)
         if bank is None:
-            bank = cache[n] = self._build_bank(n)
+            bank = cache[n] = self._cached_bank(n).to(self.device)
             while len(cache) > 2:
                 cache.popitem(last=False)
         cache.move_to_end(n)
+        return bank
+
+    def _cached_bank(self, n: int) -> _Bank:
+        """The bank at length ``n`` from the on-disk filter cache (built and stored on a miss), with the
+        thresholding stage's rule filters for its groups, which are as slow to build."""
+        rule = self._thresholder.rule1 if self._thresholder is not None else None
+
+        def build() -> tuple[_Bank, dict]:
+            bank = self._build_bank(n)
+            bands = {} if rule is None else {(g.index, g.k): rule.band(n, g.index, g.k) for g in bank.groups}
+            return bank, bands
+
+        # the grid is in the key besides the configuration: it is what the bank is built from
+        key = {"what": "bank", "config": self.config.to_json(), "n": n, "k1": self._k1, "j2": self._j2}
+        bank, bands = cached(key, build)
+        for (index, k), b in bands.items():
+            rule.install_band(n, index, k, b)
         return bank
 
     def _build_bank(self, n: int) -> _Bank:
@@ -351,8 +496,10 @@ class Scattering:
         ks = self.first_order_k()
         # filters sharing a subsampling, in batches of at most _GROUP_SAMPLES coefficients
         groups = []
-        for k in sorted(set(ks)):
-            index = [int(i) for i in np.nonzero(ks == k)[0]]
+        # ... and the same kymatio j, which decides which second-order wavelets apply (j2 > j1)
+        js = np.array([p["j"] for p in self._psi1_meta])
+        for k, j in sorted(set(zip(ks.tolist(), js.tolist()))):
+            index = [int(i) for i in np.nonzero((ks == k) & (js == j))[0]]
             size = max(1, _GROUP_SAMPLES // (n >> int(k)))
             size = -(-len(index) // -(-len(index) // size))  # even batches: 10 -> 4, 3, 3 rather than 4, 4, 2
             for at in range(0, len(index), size):
@@ -384,7 +531,14 @@ class Scattering:
                 phi1.append(band(phi(g.k), max(lt - g.k, 0), half=True))
             else:  # the same low-pass as the previous group of this subsampling
                 phi1.append(phi1[-1])
-        bank = _Bank(n=n, phi0=band(phi(0), lt, half=True), groups=groups, psi1=psi1, phi1=phi1)
+        bank = _Bank(
+            n=n,
+            phi0=band(phi(0), lt, half=True),
+            groups=groups,
+            psi1=psi1,
+            phi1=phi1,
+            channels1=[torch.tensor(g.index, dtype=torch.long) + 1 for g in groups],
+        )
         if self.config.max_order == 2:
             row_of = {pair: 1 + len(self._psi1_meta) + i for i, pair in enumerate(self.pairs)}
             j1s = [p["j"] for p in self._psi1_meta]
@@ -394,7 +548,7 @@ class Scattering:
                 by_k2: dict[int, list[int]] = {}
                 for n2, p2 in enumerate(self._psi2_meta):
                     if all(p2["j"] > j1s[i] for i in g.index):
-                        k2 = max(min(p2["j"], lt) - g.k, 0)
+                        k2 = max(min(self._j2[n2], lt) - g.k, 0)
                         by_k2.setdefault(k2, []).append(n2)
                     elif any(p2["j"] > j1s[i] for i in g.index):  # pragma: no cover - not with kymatio banks
                         raise NotImplementedError("mixed second-order validity inside a subsampling group")
@@ -419,8 +573,8 @@ class Scattering:
         b, n = x.shape
         bank = self._bank(n)
         lt = self.log2_T
-        out = torch.empty(b, self.n_channels, n >> lt, dtype=torch.float32)
-        x = x.to(torch.float32)
+        out = torch.empty(b, self.n_channels, n >> lt, dtype=torch.float32, device=self.device)
+        x = x.to(self.device, torch.float32)
         X = torch.fft.fft(x)
         # Order 0 averages |x|, not x as kymatio does: the low-pass of a signed audio signal is its DC offset,
         # which carries no information and cannot be log-compressed.
@@ -438,7 +592,7 @@ class Scattering:
                 (u,) = self.first_order_hook([u], [g])
             u = modulus(u)
             Uh = torch.fft.rfft(u)  # (B, G, n1 // 2 + 1): the moduli are real
-            out[:, torch.tensor(g.index) + 1] = torch.fft.ifft(bank.phi1[gi].apply(Uh)).real
+            out[:, bank.channels1[gi]] = torch.fft.ifft(bank.phi1[gi].apply(Uh)).real
             if self.config.max_order == 2:
                 plan = bank.plan2[gi]
                 Vc = [torch.fft.ifft(p.psi.apply(Uh)) for p in plan]  # (B, G1, G2, n1 / 2**k2)
@@ -450,7 +604,9 @@ class Scattering:
                 for p, V in zip(plan, Vc):
                     S2 = torch.fft.ifft(p.phi.apply(torch.fft.rfft(modulus(V)))).real
                     out[:, p.rows.reshape(-1)] = S2.reshape(b, -1, S2.shape[-1])
-        return out
+        if self._scale is not None:
+            out.mul_(self._scale)
+        return out.cpu()
 
     def _log(self, S: torch.Tensor) -> np.ndarray:
         # Rounding can make a tiny average negative; the modulus makes the true value >= 0.

@@ -31,6 +31,7 @@ import torch
 
 from scatterbird.pipeline.config import THRESHOLD_MODES
 from scatterbird.pipeline.frontend.bands import Band, FilterGroup, FilterStack, band
+from scatterbird.pipeline.frontend.filter_cache import cached, register
 
 #: Band of the regularised dual, on the filters' coverage ``C(w) = 1/2 sum (psi_hat(w)^2 + psi_hat(-w)^2)``
 #: (each filter relative to its peak; :func:`filter_coverage`): the dual is the exact canonical dual where
@@ -579,17 +580,24 @@ class _RuleBank:
             out[row] = np.fft.fft(full).real  # Hermitian taps: real response
         return torch.from_numpy(out)
 
-    def band(self, n: int, index: Sequence[int], k: int) -> Band:
-        """The rule filters ``index`` at FFT length ``n``, subsampled by ``2**k``, as a :class:`Band`."""
-        key = (n, tuple(int(i) for i in index), int(k))
+    def install_band(self, n: int, index: Sequence[int], k: int, b: Band) -> None:
+        """Keep ``b`` as :meth:`band` ``(n, index, k)`` on the CPU (read back from the filter cache)."""
+        self._bands[(n, tuple(int(i) for i in index), int(k), "cpu")] = b
+
+    def band(self, n: int, index: Sequence[int], k: int, device: torch.device | str = "cpu") -> Band:
+        """The rule filters ``index`` at FFT length ``n``, subsampled by ``2**k``, as a :class:`Band` on ``device``."""
+        key = (n, tuple(int(i) for i in index), int(k), str(torch.device(device)))
         b = self._bands.get(key)
         if b is None:
             index = [int(i) for i in index]
             # one filter's spectrum at a time: (F, n) float64 at n = 2**19 would be ~34 MB per group
             rows = FilterStack(n, len(index), lambda j: self.spectra(n, [index[j]])[0].numpy())
-            b = band(rows, int(k))
+            b = band(rows, int(k)).to(device)
             self._bands[key] = b
         return b
+
+
+register(_RuleBank)  # stored in the on-disk filter cache (pipeline/frontend/filter_cache.py)
 
 
 def decision(stat: torch.Tensor, thr: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
@@ -632,15 +640,15 @@ def window_sum(x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
     H = int(widths.max()) // 2
     # c[j] = x[(j - H - 1) mod T]: one extra sample on the left, so that every window's sum is a difference
     # of two prefix sums C[i] = sum(c[: i + 1]) with both indices >= 0
-    c = torch.empty(*x.shape[:-1], T + 2 * H + 1, dtype=torch.float64)
+    c = torch.empty(*x.shape[:-1], T + 2 * H + 1, dtype=torch.float64, device=x.device)
     if H + 1 <= T:  # circular padding by slices
         c[..., : H + 1] = x[..., T - H - 1 :]
         c[..., H + 1 : H + 1 + T] = x
         c[..., H + 1 + T :] = x[..., :H]
     else:  # windows wrapping more than once
-        c[...] = x[..., torch.arange(-H - 1, T + H) % T]
+        c[...] = x[..., torch.arange(-H - 1, T + H, device=x.device) % T]
     c.cumsum_(dim=-1)
-    out = torch.empty(*x.shape, dtype=torch.float64)
+    out = torch.empty(*x.shape, dtype=torch.float64, device=x.device)
     for f, w in enumerate(widths.tolist()):
         h = w // 2
         # window of x[t - h .. t + h] = c[t + H + 1 - h .. t + H + 1 + h]
@@ -717,9 +725,12 @@ class ScatteringThresholder:
         # taps are cut from filters at a reference length beyond twice their half-width
         self.n_ref = 1 << int(math.ceil(math.log2(2 * self.tap_reach + 2)))
         if self.mode == "risk":
-            psi1 = sc.psi1_filters(self.n_ref)  # built filter by filter: the stack would be ~84 MB
-            self.rule1 = _RuleBank(psi1, sc.first_order_k(), cap=self.tap_reach)
-            del psi1
+            # built filter by filter (the stack would be ~84 MB), once: then read from the filter cache
+            key = {"what": "rule1", "config": sc.config.to_json(), "n": self.n_ref, "cap": self.tap_reach,
+                   "k1": sc.first_order_k().tolist()}
+            self.rule1 = cached(
+                key, lambda: _RuleBank(sc.psi1_filters(self.n_ref), sc.first_order_k(), cap=self.tap_reach)
+            )
         self._rule2: dict[tuple, _RuleBank] = {}
 
     # -- noise level -----------------------------------------------------------------------------------
@@ -755,14 +766,14 @@ class ScatteringThresholder:
         # window of block b: points [b*per_block + per_block/2 - per_window/2, ... + per_window), circular
         left = per_window // 2 - per_block // 2
         length = (nb - 1) * per_block + per_window
-        idx = (torch.arange(length) - left) % npts
+        idx = (torch.arange(length, device=a2.device) - left) % npts
         win = pts[..., idx].unfold(-1, per_window, per_block)
         med = win.median(dim=-1).values / _LN2
         T = a2.shape[-1]
         per = B >> k  # coefficients per block
         if per * med.shape[-1] == T:  # whole blocks (every streaming buffer): repeat, no index tensor
             return med.repeat_interleave(per, dim=-1)
-        block_of = (torch.arange(T) << k) // B
+        block_of = (torch.arange(T, device=a2.device) << k) // B
         return med[..., block_of]
 
     # -- the decision ------------------------------------------------------------------------------------
@@ -835,7 +846,7 @@ class ScatteringThresholder:
             rho = widths = None
             if self.rule1 is not None:
                 idx = list(g.index)
-                rho = torch.from_numpy(self.rule1.rho[idx].astype(np.float32))
+                rho = torch.from_numpy(self.rule1.rho[idx].astype(np.float32)).to(X.device)
                 widths = self.decision_widths(self.rule1.bandwidth[idx], g.k)
             # z is passed without a name here, so that _gain can free it once it is used (peak memory)
             out.append(
@@ -853,7 +864,7 @@ class ScatteringThresholder:
     @staticmethod
     def _rule_coefficients(X: torch.Tensor, bank: _RuleBank, index: list[int], k: int) -> torch.Tensor:
         """``(x * h)(2**k t)`` for the rule filters ``index`` of ``bank``; ``X`` is (..., n) -> (..., F, T)."""
-        return torch.fft.ifft(bank.band(X.shape[-1], index, k).apply(X))
+        return torch.fft.ifft(bank.band(X.shape[-1], index, k, X.device).apply(X))
 
     def first_order(self, X: torch.Tensor, U1: list[torch.Tensor], groups) -> list[torch.Tensor]:
         """Threshold the first-order coefficients (see :meth:`first_order_gains`)."""
@@ -893,7 +904,7 @@ class ScatteringThresholder:
         n = n1 << k1
         if self.mode == "risk":
             bank = self._second_bank(k1, plan)
-            rho_all = torch.from_numpy(bank.rho.astype(np.float32))
+            rho_all = torch.from_numpy(bank.rho.astype(np.float32)).to(Uh.device)
         out, pos = [], 0
         for (k2, n2s, *_), v in zip(plan, V):
             m = len(n2s)
