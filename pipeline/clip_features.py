@@ -1,12 +1,14 @@
 """Features of many recordings, for training and evaluation, computed through one executor and cached on disk.
 
 A labelled clip becomes one sequence: its whole scattergram pooled to ``FeatureConfig.pool_s``
-(:func:`clip_sequence`). A recording of any length can instead be cut into the windows detection scores
-(:func:`window_sequences`). :func:`compute_features` runs either over many files in this process, on local
-worker processes or on a Dask cluster (:mod:`pipeline.executor`), reading back what the cache holds: entries
-live under ``CACHE/<feature-config hash>/`` and are keyed by the file's absolute path, size and modification
-time and by the cut, so a second run recomputes nothing and an edited recording or another configuration
-never reuses stale features. ``scatterbird train``, ``evaluate``, ``crossval`` and ``analyze`` share it, so a
+(:func:`clip_sequence`); the clips of one job are read whole and scattered together in batches
+(:func:`~scatterbird.pipeline.frontend.clips.scatter_clips`), so a short clip costs about its own length
+rather than a streaming buffer. A recording of any length can instead be cut into the windows detection
+scores (:func:`window_sequences`), streamed. :func:`compute_features` runs either over many files in this
+process, on local worker processes or on a Dask cluster (:mod:`pipeline.executor`), reading back what the
+cache holds: entries live under ``CACHE/<feature-config hash>/`` and are keyed by the file's absolute path,
+size and modification time and by the cut, so a second run recomputes nothing and an edited recording or
+another configuration never reuses stale features. ``scatterbird train``, ``evaluate``, ``crossval`` and ``analyze`` share it, so a
 model is evaluated on exactly what it was trained on, and a dataset used for both is scattered once.
 """
 
@@ -29,10 +31,12 @@ from scatterbird.pipeline.datasets import Clip
 from scatterbird.pipeline.detect.windows import WindowSpec, iter_windows, pool_sequence
 from scatterbird.pipeline.executor import open_executor, run_each
 from scatterbird.pipeline.frontend.audio import stream_audio
+from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
-from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, scatter_file
+from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate, scatter_file
 
-#: Clips per job on worker processes or a cluster: little overhead per job, a steady progress bar.
+#: Whole clips per job, in this process too: a job's clips are scattered together (in batches of at most
+#: ``MAX_BATCH_SAMPLES``), its decoded audio is held at once, and the progress bar moves job by job.
 CLIPS_PER_JOB = 16
 
 
@@ -95,9 +99,56 @@ def clip_scattergram(path: str | os.PathLike, config: FeatureConfig) -> Scatterg
 
 
 def clip_sequence(path: Path, config: FeatureConfig, scattering: Scattering) -> np.ndarray:
-    """A whole labelled clip as one (n_steps, n_channels) sequence (pooled to ``config.pool_s``)."""
-    sg = scatter_file(path, scattering=scattering)
+    """A whole labelled clip as one (n_steps, n_channels) sequence (pooled to ``config.pool_s``), streamed
+    alone (:func:`clip_sequences` does many clips at once)."""
+    return _pooled(scatter_file(path, scattering=scattering), config)
+
+
+def _pooled(sg: Scattergram, config: FeatureConfig) -> np.ndarray:
     return pool_sequence(np.ascontiguousarray(sg.S.T), sg.frame_rate, config.pool_s)
+
+
+def _failure(exc: Exception) -> str:
+    """The reason recorded for a recording whose features raised ``exc`` (AudioError, ValueError, OSError)."""
+    if isinstance(exc, AudioError):
+        return exc.reason
+    if isinstance(exc, OSError):  # the file vanished or cannot be stat'ed since it was found
+        return f"cannot be read ({exc.strerror or exc})"
+    return str(exc)  # ValueError: e.g. a recording too short for one frame, or for one window
+
+
+def clip_sequences(
+    paths: Sequence[Path], config: FeatureConfig, scattering: Scattering
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Whole clips as sequences (as :func:`clip_sequence`), scattered together; each failure stays its clip's.
+
+    A clip is decoded whole (as the stream reads it: mixed to mono, resampled) when its header promises at
+    most ``MAX_BATCH_SAMPLES`` samples at the pipeline rate; the short ones are then scattered in batches
+    (:func:`scatter_clips`). A longer one is streamed alone, in bounded memory.
+
+    Returns
+    -------
+    (found, failed) : dicts keyed by ``str(path)``
+        The sequence of each clip computed, the reason of each clip that could not be.
+    """
+    found: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    short: list[tuple[Path, np.ndarray]] = []
+    for path in paths:
+        try:
+            stream = stream_audio(path, config.sample_rate)
+            if stream.expected_samples > MAX_BATCH_SAMPLES:
+                found[str(path)] = _pooled(concatenate(list(scattering.stream(stream))), config)
+                continue
+            x = np.concatenate(list(stream))  # the stream raises AudioError for a file without samples
+            if x.size < 2:  # what `whole` refuses; not reached through the reader's shortest duration
+                raise ValueError(f"too short: {x.size} sample(s) at {config.sample_rate} Hz")
+            short.append((path, x))
+        except (AudioError, ValueError, OSError) as exc:
+            failed[str(path)] = _failure(exc)
+    for (path, _), sg in zip(short, scatter_clips(scattering, [x for _, x in short]) if short else []):
+        found[str(path)] = _pooled(sg, config)
+    return found, failed
 
 
 def window_sequences(path: Path, config: FeatureConfig, scattering: Scattering, spec: WindowSpec) -> list[np.ndarray]:
@@ -129,29 +180,50 @@ class _JobResult:
 
 
 def features_job(
-    paths: Sequence[Path], config: FeatureConfig, cache_root: Path | None, windows: WindowSpec | None
+    paths: Sequence[Path],
+    config: FeatureConfig,
+    cache_root: Path | None,
+    windows: WindowSpec | None,
+    *,
+    device: str = "cpu",
 ) -> _JobResult:
-    """The features of a few recordings, from the cache or computed (and cached); run by any executor."""
+    """The features of a few recordings, from the cache or computed (and cached); run by any executor.
+
+    Whole clips not in the cache are scattered together (:func:`clip_sequences`); windows are streamed file
+    by file. ``device``: where the front end runs (:func:`~scatterbird.pipeline.frontend.features.scattering_for`).
+    """
     cache = FeatureCache(cache_root, config)
     cut = _cut(windows)
     found: dict[str, list[np.ndarray]] = {}
     failed: dict[str, str] = {}
+    todo: list[Path] = []  # whole clips to compute
     for path in paths:
         try:
             seqs = cache.get(path, cut)
+            if seqs is None and windows is None:
+                todo.append(path)
+                continue
             if seqs is None:
-                sc = scattering_for(config)
-                seqs = [clip_sequence(path, config, sc)] if windows is None else window_sequences(path, config, sc, windows)
+                seqs = window_sequences(path, config, scattering_for(config, device=device), windows)
                 cache.misses += 1
                 cache.put(path, cut, seqs)
-        except AudioError as exc:
-            failed[str(path)] = exc.reason
-        except ValueError as exc:  # e.g. a recording too short for one frame, or for one window
-            failed[str(path)] = str(exc)
-        except OSError as exc:  # the file vanished or cannot be stat'ed since it was found
-            failed[str(path)] = f"cannot be read ({exc.strerror or exc})"
+        except (AudioError, ValueError, OSError) as exc:
+            failed[str(path)] = _failure(exc)
         else:
             found[str(path)] = seqs
+    if todo:
+        computed, bad = clip_sequences(todo, config, scattering_for(config, device=device))
+        failed.update(bad)
+        for path in todo:
+            if str(path) not in computed:
+                continue
+            cache.misses += 1
+            try:
+                cache.put(path, cut, [computed[str(path)]])
+            except OSError as exc:  # the file vanished since it was read: its key cannot be made
+                failed[str(path)] = _failure(exc)
+            else:
+                found[str(path)] = [computed[str(path)]]
     return _JobResult(found, failed, cache.hits, cache.misses)
 
 
@@ -165,6 +237,7 @@ def compute_features(
     scheduler: str | None = None,
     desc: str = "features",
     progress: bool = True,
+    device: str = "cpu",
 ) -> FeatureSet:
     """Features of every recording, from the cache when there; unreadable recordings are recorded, not raised.
 
@@ -182,6 +255,9 @@ def compute_features(
         Progress bar label.
     progress : bool
         Show a progress bar (tqdm) on stderr.
+    device : str
+        Where the front end runs (``"cpu"``, ``"cuda"``, ...; see
+        :func:`~scatterbird.pipeline.frontend.features.scattering_for`).
 
     Returns
     -------
@@ -189,11 +265,11 @@ def compute_features(
         The recordings whose features were computed, and the failures, each in the order of ``paths``.
     """
     cache = cache if cache is not None else FeatureCache(None, config)
-    step = CLIPS_PER_JOB if windows is None and (workers > 1 or scheduler) else 1
+    step = CLIPS_PER_JOB if windows is None else 1  # whole clips are scattered a job's worth at a time
     jobs = [list(paths[i : i + step]) for i in range(0, len(paths), step)]
     found: dict[str, list[np.ndarray]] = {}
     failed: dict[str, str] = {}
-    job = partial(features_job, config=config, cache_root=cache.root, windows=windows)
+    job = partial(features_job, config=config, cache_root=cache.root, windows=windows, device=device)
     with tqdm(total=len(paths), desc=desc, unit="file", disable=not progress, leave=False) as bar:
         with open_executor(workers if len(jobs) > 1 else 1, scheduler if jobs else None) as ex:
             for batch, res, error in run_each(ex, job, jobs):
@@ -222,6 +298,7 @@ def compute_sequences(
     scheduler: str | None = None,
     progress: bool = True,
     desc: str = "features",
+    device: str = "cpu",
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Detector inputs of many clips (:func:`compute_features` of whole clips), aligned with ``clips``.
 
@@ -235,6 +312,8 @@ def compute_sequences(
         Where the work runs (:func:`pipeline.executor.open_executor`).
     progress : bool
         A tqdm bar on stderr.
+    device : str
+        Where the front end runs (:func:`compute_features`).
 
     Returns
     -------
@@ -243,7 +322,7 @@ def compute_sequences(
     """
     paths = [Path(c.path) for c in clips]
     fs = compute_features(paths, config, FeatureCache(cache_dir, config), workers=workers, scheduler=scheduler,
-                          desc=desc, progress=progress)
+                          desc=desc, progress=progress, device=device)
     found = {str(p): s[0] for p, s in zip(fs.paths, fs.sequences)}
     failed = dict(fs.failed)
     seqs = [found.get(str(p)) for p in paths]
