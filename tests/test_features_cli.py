@@ -150,3 +150,28 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path, capsys, mo
     assert cli.main([*run, "--force"]) == 0 and sorted(computed) == ["a.wav", "b.wav"]
     computed.clear()
     assert cli.main([*run, "-J", "5"]) == 0 and sorted(computed) == ["a.wav", "b.wav"]
+
+
+def test_short_and_long_files_give_their_streamed_features(tmp_path, monkeypatch):
+    """A short file is scattered in a buffer of about its own length, a long one streamed: both give the
+    frames the streaming front end gives the same audio (float rounding)."""
+    from scatterbird.pipeline.frontend import clips
+    from scatterbird.pipeline.frontend.scattering import scatter_file
+
+    config = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="none")
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "short.wav", 0.1 * rng.standard_normal(3 * 8000), 8000)
+    sf.write(folder / "long.wav", 0.1 * rng.standard_normal(5 * 8000), 8000)
+    monkeypatch.setattr(features, "MAX_BATCH_SAMPLES", 4 * 8000)  # "long" = over 4 s here
+    seen = []
+    real = clips.scatter_clips
+    monkeypatch.setattr(features, "scatter_clips", lambda sc, xs: seen.append(len(xs[0])) or real(sc, xs))
+    run = extract_features(find_audio([folder]).with_roots(), tmp_path / "out", config, progress=False)
+    assert len(run.done) == 2 and seen == [3 * 8000]  # only the short file took the clip path
+    for name in ("short", "long"):
+        got = load_scattergram(tmp_path / "out" / f"{name}_wav.npz").S
+        ref = scatter_file(folder / f"{name}.wav", config).S
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=2e-4)
