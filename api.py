@@ -93,7 +93,7 @@ def detect(
         if sample_rate is None:
             raise AudioError("<array>", "give the array's sample_rate")
         mono = mono_at_rate(source, sample_rate, det.feature_config.sample_rate)
-        windows, events = score_blocks([mono], lambda: mono.size, det, params, device=dev)
+        windows, events = score_blocks([mono], lambda: mono.size, det, params, device=dev, expected_samples=mono.size)
         return FileResult(path="<array>", size=None, mtime_ns=None, status="done", windows=windows, events=events,
                           duration_s=mono.size / det.feature_config.sample_rate, source_rate=int(sample_rate),
                           channels=1 if np.ndim(source) == 1 else int(np.shape(source)[1]))

@@ -117,14 +117,22 @@ def test_windows_cover_each_file_exactly(reference):
         assert expected[0][0] == 0.0 and expected[-1][1] == duration
 
 
-def test_a_long_file_streams_span_by_span_with_the_scores_of_the_whole(model, tmp_path):
-    # 40 s at 8 kHz is 3 FFT chunks of the streaming front end (16 s each): windows straddle chunk borders.
+@pytest.mark.parametrize("short_limit", [1000, None], ids=["streamed", "one-clip-buffer"])
+def test_a_long_file_streams_span_by_span_with_the_scores_of_the_whole(model, tmp_path, monkeypatch, short_limit):
+    """Streamed (40 s at 8 kHz is 3 FFT chunks of 16 s: windows straddle chunk borders), or, for a recording
+    up to MAX_BATCH_SAMPLES, scattered in one buffer of about its own length: the scores of the whole."""
     rng = np.random.default_rng(5)
     x = (0.05 * rng.standard_normal(SR * 40)).astype(np.float32)
     sf.write(tmp_path / "long.wav", x, SR, subtype="FLOAT")
     det = batch.load_model_for_run(model)[0]
+    if short_limit is not None:
+        monkeypatch.setattr(batch, "MAX_BATCH_SAMPLES", short_limit)
+    clip_calls = []
+    real = batch.scatter_clips
+    monkeypatch.setattr(batch, "scatter_clips", lambda sc, xs: clip_calls.append(len(xs)) or real(sc, xs))
     res = detect_file(tmp_path / "long.wav", det, PARAMS)
     assert res.status == "done" and res.duration_s == 40.0
+    assert clip_calls == ([] if short_limit is not None else [1])
     whole = Scattering(FAST_CONFIG).whole(x).S
     bounds = plan_windows(x.size, SR, PARAMS.spec)
     seqs = [whole[:, slice(*frame_range(a, b, FAST_CONFIG.hop_samples))].T for a, b in bounds]

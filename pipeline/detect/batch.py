@@ -27,6 +27,7 @@ other, and a rerun puts each file in the same shard again; each writes its own s
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows,
 from scatterbird.pipeline.device import detector_on, resolve_device
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died, worker_torch_threads
 from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
+from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.version import __version__
@@ -97,6 +99,7 @@ def score_blocks(
     params: DetectParams,
     progress: Callable[[float], None] | None = None,
     device: str = "cpu",
+    expected_samples: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score every window of one recording given as mono blocks at the detector's sample rate.
 
@@ -114,6 +117,9 @@ def score_blocks(
     device : str
         Where the scattering and, for a detector that can (:func:`scatterbird.pipeline.device.detector_on`),
         the scoring run; the results come back on the CPU.
+    expected_samples : int, optional
+        The recording's length in samples when known beforehand (a header's promise): up to
+        ``MAX_BATCH_SAMPLES`` the blocks are read whole and scattered in one buffer of about that length.
 
     Returns
     -------
@@ -124,7 +130,25 @@ def score_blocks(
     """
     config: FeatureConfig = detector.feature_config
     device = str(resolve_device(device, option="device"))  # "auto" becomes the device it stands for
-    chunks = scattering_for(config, device).stream(blocks)
+    sc = scattering_for(config, device)
+    chunks: Iterable = sc.stream(blocks)
+    if expected_samples is not None and expected_samples <= MAX_BATCH_SAMPLES:
+        # a short recording in a buffer of about its own length (pipeline/frontend/clips.py), not a whole
+        # streaming buffer: the same frames, to float rounding, at a fraction of the cost. A header that
+        # promised too little (a damaged file) is found out while reading: the rest is streamed.
+        head: list[np.ndarray] = []
+        it = iter(blocks)
+        read = 0
+        for b in it:
+            head.append(np.asarray(b, dtype=np.float32).reshape(-1))
+            read += head[-1].size
+            if read > MAX_BATCH_SAMPLES:
+                chunks = sc.stream(itertools.chain(head, it))
+                break
+        else:
+            if read == 0:
+                raise ValueError("empty stream: no samples")
+            chunks = scatter_clips(sc, [np.concatenate(head)])
     rows: list[tuple[float, float]] = []
     scores: list[np.ndarray] = []
     pending: list[np.ndarray] = []
@@ -194,7 +218,7 @@ def detect_file(
         stream = stream_audio(path, config.sample_rate)
         res.source_rate, res.channels = stream.info.sample_rate, stream.info.channels
         res.windows, res.events = score_blocks(stream, lambda: stream.samples_out, detector, params, progress,
-                                               device)
+                                               device, stream.expected_samples)
         res.duration_s = stream.samples_out / config.sample_rate
         res.warning = stream.warning  # truncated, damaged or low-rate: used, and said so
         res.status = "done"
