@@ -72,9 +72,7 @@ def best_of(fn, repeats: int) -> float:
 
 def _band_bins(b) -> int:
     """Spectrum bins a band multiplies (its filters' supports, not the full output band)."""
-    if b.segments is not None:
-        return sum(w.shape[0] for pieces in b.segments for _, _, w in pieces)
-    return int((b.weight[..., 0] if b.half else b.weight).ne(0).sum())
+    return b.bins
 
 
 def flop_floor(sc: Scattering, n_samples: int) -> float:
