@@ -267,3 +267,14 @@ def test_a_second_front_end_reads_its_filters_from_the_disk_cache(tmp_path, monk
         f.write_bytes(b"garbage")
     np.testing.assert_array_equal(Scattering(config, fft_size=2**16).whole(x).S, first)
     assert all(f.stat().st_size > 100 for f in files)  # replaced by good files
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("threshold", ["none", "risk"])
+def test_the_front_end_on_cuda_gives_the_cpu_frames(threshold):
+    config = FeatureConfig(threshold=threshold)
+    x = birdish(3 * config.sample_rate, config.sample_rate)
+    cpu = Scattering(config).whole(x).S
+    gpu = Scattering(config, device="cuda").whole(x).S
+    assert gpu.dtype == np.float32 and gpu.shape == cpu.shape
+    assert np.max(np.abs(gpu - cpu)) < (2e-4 if threshold == "none" else 1e-2)
