@@ -6,16 +6,22 @@
    for each fold, a fresh detector is trained on the other folds' clips (and, when semi-supervised, on the
    unlabeled clips mixed from those folds' sources) and scores the held-out fold, whose source files it has
    never heard. Reported: each fold's AUC, their harmonic mean, and the pooled out-of-fold AUC with a
-   bootstrap 95 % interval; the full cross-validation report goes to ``WORKDIR/validation/<candidate>/``.
+   bootstrap 95 % interval; the full cross-validation report goes to ``WORKDIR/validation/<grid>/<candidate>/``.
 3. The candidate with the best pooled out-of-fold AUC is trained on every fold and written to
    ``data/default_model.pt``, with ``data/default_model.json`` saying what it was trained on and how it
    validated. The features are the pipeline's default configuration (checked), so the model loads wherever
    the defaults are used.
 
+To compare sampling grids on the same clips and folds, validate on the other grid without training
+(``--grid kymatio --validate-only --output FILE.json``), then record that file in the bundled model's
+description (``--add-comparison FILE.json``: nothing is computed, the weights are untouched).
+
 Example::
 
     python scripts/build_bootstrap_set.py --clips-per-fold 120 --unlabeled-per-fold 40
     OMP_NUM_THREADS=1 python scripts/train_default_model.py --workers 2
+    OMP_NUM_THREADS=1 python scripts/train_default_model.py --workers 2 --grid kymatio --validate-only --output /tmp/kymatio.json
+    python scripts/train_default_model.py --add-comparison /tmp/kymatio.json
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from scatterbird.data.bootstrap import DEFAULT_WORKDIR  # noqa: E402
-from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH  # noqa: E402
-from scatterbird.pipeline.config import FeatureConfig  # noqa: E402
+import numpy as np
+
+from scatterbird.data.bootstrap import DEFAULT_WORKDIR
+from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH
+from scatterbird.pipeline.config import GRIDS, FeatureConfig
+from scatterbird.pipeline.evaluate.metrics import bootstrap_aucs, roc_auc
 
 #: Candidates: name -> (kind, params, semi-supervised). Modest sizes: they train on two shared CPU cores.
 CANDIDATES: dict[str, tuple[str, dict, bool]] = {
@@ -58,6 +67,48 @@ def _load(workdir: Path):
     return info, folds, unl
 
 
+def _paired_difference(mine: dict, theirs: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Pooled out-of-fold AUC of ``mine`` minus ``theirs`` on the same clips, with a paired bootstrap interval.
+
+    Both runs' ``scores.csv`` (next to their reports) are matched clip by clip; the same seed over the same
+    labels in the same order draws the same replicates (``bootstrap_aucs``), so each replicate's difference
+    is paired.
+    """
+    import csv
+
+    def scores(run: dict) -> dict[tuple[str, str], tuple[int, float]]:
+        with open(Path(run["report"]).parent / "scores.csv", newline="") as f:
+            return {(r["dataset"], r["itemid"]): (int(r["hasbird"]), float(r["prob"])) for r in csv.DictReader(f) if not r["error"]}
+
+    a, b = scores(mine), scores(theirs)
+    keys = sorted(set(a) & set(b))
+    y = [a[k][0] for k in keys]
+    sa, sb = [a[k][1] for k in keys], [b[k][1] for k in keys]
+    diff = bootstrap_aucs(y, sa, n_boot=n_boot, seed=seed) - bootstrap_aucs(y, sb, n_boot=n_boot, seed=seed)
+    lo, hi = (float(v) for v in np.quantile(diff, [0.025, 0.975]))
+    return {"n": len(keys), "delta_roc_auc": round(roc_auc(y, sa) - roc_auc(y, sb), 6), "delta_ci95": [round(lo, 6), round(hi, 6)]}
+
+
+def _add_comparison(description_path: Path, comparison_path: Path) -> None:
+    """Record a ``--validate-only`` run (another grid, same clips and folds) in a model's description, with
+    each common candidate's pooled AUC difference (this model's grid minus the other)."""
+    description = json.loads(description_path.read_text())
+    other = json.loads(comparison_path.read_text())
+    mine, theirs = description["trained_on"], other["trained_on"]
+    if (mine["packages"], mine["folds"], mine["clips_per_fold"], mine["mix"]) != (
+        theirs["packages"], theirs["folds"], theirs["clips_per_fold"], theirs["mix"]
+    ):
+        raise SystemExit(f"{comparison_path} was validated on another bootstrap set than {description_path}")
+    record = {k: other[k] for k in ("feature_config", "feature_config_hash", "candidates", "written")}
+    mine_runs = description["validation"]["candidates"]
+    record["paired_difference"] = {
+        name: _paired_difference(mine_runs[name], run) for name, run in other["candidates"].items() if name in mine_runs
+    }
+    description["validation"].setdefault("other_grids", {})[other["feature_config"]["grid"]] = record
+    description_path.write_text(json.dumps(description, indent=2) + "\n")
+    print(f"{description_path}: validation on grid {other['feature_config']['grid']!r} recorded", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="the bootstrap set's folder (default %(default)s)")
@@ -66,11 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final", choices=sorted(CANDIDATES), help="skip the choice: train this candidate (validation still runs unless --no-validate)")
     p.add_argument("--no-validate", action="store_true", help="train --final without validating (its JSON then has no AUC)")
     p.add_argument("--workers", type=int, default=1, help="processes for the features (default %(default)s)")
-    p.add_argument("--output", default=str(DEFAULT_MODEL_PATH), help="model file (default %(default)s)")
+    p.add_argument("--output", default=str(DEFAULT_MODEL_PATH),
+                   help="model file, or the results' JSON with --validate-only (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", choices=GRIDS, default=FeatureConfig().grid,
+                   help="sampling grid of the features (default %(default)s, the pipeline's)")
+    p.add_argument("--validate-only", action="store_true", help="validate the candidates, write their results to --output, train no model")
+    p.add_argument("--add-comparison", metavar="JSON",
+                   help="record a --validate-only result in the description of --output's model, and stop")
     args = p.parse_args(argv)
+    if args.add_comparison:
+        out = Path(args.output)
+        _add_comparison(DEFAULT_MODEL_INFO if out == DEFAULT_MODEL_PATH else out.with_suffix(".json"), Path(args.add_comparison))
+        return 0
+    if args.validate_only and (args.no_validate or Path(args.output).suffix != ".json"):
+        p.error("--validate-only writes the validation to a .json --output and cannot be combined with --no-validate")
+    if not args.validate_only and args.grid != FeatureConfig().grid and Path(args.output).resolve() == DEFAULT_MODEL_PATH.resolve():
+        p.error("the bundled model must use the pipeline's default features: give --output for another grid")
 
-    import numpy as np
     import torch
 
     from scatterbird.models.registry import build_detector
@@ -79,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     work = Path(args.workdir).expanduser()
-    config = FeatureConfig()  # the pipeline's defaults: the model must load wherever they are used
+    # the pipeline's defaults (the bundled model must load wherever they are used), on the chosen grid
+    config = FeatureConfig(grid=args.grid)
     info, folds, unl = _load(work)
     cache = work / "features"
     print(f"feature config {config.hash}: {config.to_json()}", file=sys.stderr)
@@ -98,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             kind, params, semi = CANDIDATES[name]
             t0 = time.perf_counter()
             run = crossval(
-                folds, lambda: build_detector(kind, params, args.seed), work / "validation" / name, config=config,
+                folds, lambda kind=kind, params=params: build_detector(kind, params, args.seed),
+                work / "validation" / config.grid / name, config=config,
                 semi_supervised=False, unlabeled_by_dataset=unl_seqs if semi else None, cache_dir=cache,
                 n_boot=1000, seed=args.seed, n_worst=4,
             )
@@ -108,11 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                 "folds": {r.metrics.name: round(float(r.metrics.auc), 4) for r in run.results},
                 "harmonic_mean_auc": round(float(run.harmonic_mean_auc), 4),
                 "pooled_out_of_fold": pooled,
-                "report": str(work / "validation" / name / "report.html"),
+                "report": str(work / "validation" / config.grid / name / "report.html"),
                 "seconds": round(time.perf_counter() - t0),
             }
             print(f"\n{name}:\n{run.table()}\npooled out-of-fold AUC {pooled['roc_auc']:.3f} "
                   f"[{pooled['roc_auc_ci95'][0]:.3f}, {pooled['roc_auc_ci95'][1]:.3f}]\n", flush=True)
+    if args.validate_only:
+        out = Path(args.output)
+        out.write_text(json.dumps({
+            "trained_on": {k: info[k] for k in ("packages", "folds", "clips_per_fold", "mix")},
+            "feature_config": config.to_dict(), "feature_config_hash": config.hash, "candidates": results,
+            "written": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }, indent=2) + "\n")
+        print(f"validation on grid {config.grid!r} (config {config.hash}) -> {out}")
+        return 0
     best = args.final or max(results, key=lambda n: results[n]["pooled_out_of_fold"]["roc_auc"])
     kind, params, semi = CANDIDATES[best]
 

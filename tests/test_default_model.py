@@ -44,6 +44,20 @@ def test_default_model_description_matches_the_weights(model):
     assert set(info["trained_on"]["packages"]) <= set(ALLOWED_PACKAGES)
 
 
+def test_default_model_description_compares_the_grids_on_the_same_clips():
+    # scripts/train_default_model.py --add-comparison: kymatio's grid validated on the same clips and folds
+    val = default_model_info()["validation"]
+    other = val["other_grids"]["kymatio"]
+    config = FeatureConfig.from_dict(other["feature_config"])
+    assert config == FeatureConfig(grid="kymatio") and config.hash == other["feature_config_hash"]
+    assert set(other["paired_difference"]) == set(val["candidates"]) == set(other["candidates"])
+    for name, diff in other["paired_difference"].items():
+        mine, theirs = val["candidates"][name]["pooled_out_of_fold"], other["candidates"][name]["pooled_out_of_fold"]
+        assert diff["n"] == mine["n"] == theirs["n"]
+        assert diff["delta_roc_auc"] == pytest.approx(mine["roc_auc"] - theirs["roc_auc"], abs=1e-3)
+        assert diff["delta_ci95"][0] <= diff["delta_roc_auc"] <= diff["delta_ci95"][1]
+
+
 @pytest.mark.slow  # the bundled model on the bundled samples at the default (costly) features
 def test_default_model_scores_bird_samples_above_the_others(model):
     from scatterbird.data.samples import SAMPLES, ensure_samples
