@@ -36,6 +36,7 @@ from scatterbird.errors import OptionError, OutputError
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, RunInfo
 from scatterbird.pipeline.frontend.audio import mono_at_rate, read_span
+from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
 from scatterbird.pipeline.frontend.features import scattering_for
 from scatterbird.pipeline.frontend.scattering import Scattergram, concatenate
 from scatterbird.pipeline.html_report import new_figure, render, save_png, written_at
@@ -361,8 +362,12 @@ def _build(store: ResultsStore, run: RunInfo, config: FeatureConfig | None, fold
 
 
 def _scatter(config: FeatureConfig, x: np.ndarray) -> Scattergram:
-    """The scattergram of a clip, streamed (bounded memory also for the longest clips)."""
-    return concatenate(list(scattering_for(config).stream([x])))
+    """The scattergram of a clip: in one buffer of about its own length when it is short (an event's clip),
+    streamed otherwise (bounded memory also for the longest clips)."""
+    sc = scattering_for(config)
+    if x.size <= MAX_BATCH_SAMPLES:
+        return scatter_clips(sc, [x])[0]
+    return concatenate(list(sc.stream([x])))
 
 
 def _short(exc: BaseException) -> str:
