@@ -20,7 +20,6 @@ from simple_detector import write_recordings
 
 from scatterbird import cli
 from scatterbird.models import registry
-from scatterbird.pipeline.detect import batch
 from scatterbird.pipeline.detect.batch import DetectParams, run_detect
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore
 

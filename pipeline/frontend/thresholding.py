@@ -424,7 +424,6 @@ class ConvFrame:
                 fkl = f[k] * f[l]
                 R = sfft.ifft(fkl * p)  # g_ij at lag s_i - s_j
                 Rt = sfft.ifft(fkl * d2)  # g~_ij at lag s_i - s_j
-                Q = sfft.ifft(f[l] * fm[k] * p)  # q_ij at lag s_i - s_j
                 Qt = sfft.ifft(f[l] * fm[k] * d2)
                 Qlk = sfft.ifft(f[k] * fm[l] * p)  # q_ji at lag s_j - s_i
                 # g_ji at lag -(s_i - s_j): R reversed; q_ji likewise
@@ -487,7 +486,6 @@ def gram_row_profile(frame: ConvFrame, k: int, *, max_offset: int = 4) -> dict[i
         (over all its coefficients), and the lag in samples within which 99 % of that filter's share lies.
         The share of lag 0 alone on filter ``k`` itself is returned under key ``"lag0"``.
     """
-    n = frame.n
     d2 = frame.inverse**2
     rows = {}
     total = 0.0
