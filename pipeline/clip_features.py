@@ -31,7 +31,7 @@ from scatterbird.pipeline.datasets import Clip
 from scatterbird.pipeline.detect.windows import WindowSpec, iter_windows, pool_sequence
 from scatterbird.pipeline.executor import open_executor, run_each
 from scatterbird.pipeline.frontend.audio import stream_audio
-from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
+from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, read_if_short, scatter_clips
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
 from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate, scatter_file
 
@@ -137,10 +137,10 @@ def clip_sequences(
     for path in paths:
         try:
             stream = stream_audio(path, config.sample_rate)
-            if stream.expected_samples > MAX_BATCH_SAMPLES:
-                found[str(path)] = _pooled(concatenate(list(scattering.stream(stream))), config)
+            x, blocks = read_if_short(stream, MAX_BATCH_SAMPLES) if stream.expected_samples <= MAX_BATCH_SAMPLES else (None, stream)
+            if x is None:  # long (or longer than its header said): streamed alone, in bounded memory
+                found[str(path)] = _pooled(concatenate(list(scattering.stream(blocks))), config)
                 continue
-            x = np.concatenate(list(stream))  # the stream raises AudioError for a file without samples
             if x.size < 2:  # what `whole` refuses; not reached through the reader's shortest duration
                 raise ValueError(f"too short: {x.size} sample(s) at {config.sample_rate} Hz")
             short.append((path, x))

@@ -30,6 +30,7 @@ from scatterbird.pipeline.detect.batch import (
 from scatterbird.pipeline.detect.exports import RAVEN_COLUMNS, export_names, export_run, score_text, score_value
 from scatterbird.pipeline.detect.store import STORE_NAME, ResultsStore, merge_stores, shard_store_name
 from scatterbird.pipeline.detect.windows import frame_range, plan_windows
+from scatterbird.pipeline.frontend import clips
 from scatterbird.pipeline.frontend.scattering import Scattering
 
 PARAMS = DetectParams(window_s=2.0, hop_s=1.0, min_conf=0.5)
@@ -126,10 +127,10 @@ def test_a_long_file_streams_span_by_span_with_the_scores_of_the_whole(model, tm
     sf.write(tmp_path / "long.wav", x, SR, subtype="FLOAT")
     det = batch.load_model_for_run(model)[0]
     if short_limit is not None:
-        monkeypatch.setattr(batch, "MAX_BATCH_SAMPLES", short_limit)
+        monkeypatch.setattr(clips, "MAX_BATCH_SAMPLES", short_limit)
     clip_calls = []
-    real = batch.scatter_clips
-    monkeypatch.setattr(batch, "scatter_clips", lambda sc, xs: clip_calls.append(len(xs)) or real(sc, xs))
+    real = clips.scatter_clips
+    monkeypatch.setattr(clips, "scatter_clips", lambda sc, xs: clip_calls.append(len(xs)) or real(sc, xs))
     res = detect_file(tmp_path / "long.wav", det, PARAMS)
     assert res.status == "done" and res.duration_s == 40.0
     assert clip_calls == ([] if short_limit is not None else [1])

@@ -115,3 +115,14 @@ def test_bad_signals_are_refused_before_any_work():
     with pytest.raises(ValueError, match="clip 0"):
         scatter_clips(sc, [np.zeros((2, 100), np.float32)])
     assert scatter_clips(sc, []) == []
+
+
+def test_a_recording_longer_than_its_header_said_is_streamed_not_held():
+    """read_if_short stops reading at the limit and hands back every block, in order, to be streamed."""
+    from scatterbird.pipeline.frontend.clips import read_if_short
+
+    blocks = [np.full(100, i, np.float32) for i in range(5)]
+    x, rest = read_if_short(iter(blocks), limit=500)
+    assert rest == () and np.array_equal(x, np.concatenate(blocks))
+    x, rest = read_if_short(iter(blocks), limit=250)
+    assert x is None and np.array_equal(np.concatenate(list(rest)), np.concatenate(blocks))

@@ -164,10 +164,10 @@ def test_short_and_long_files_give_their_streamed_features(tmp_path, monkeypatch
     folder.mkdir()
     sf.write(folder / "short.wav", 0.1 * rng.standard_normal(3 * 8000), 8000)
     sf.write(folder / "long.wav", 0.1 * rng.standard_normal(5 * 8000), 8000)
-    monkeypatch.setattr(features, "MAX_BATCH_SAMPLES", 4 * 8000)  # "long" = over 4 s here
+    monkeypatch.setattr(clips, "MAX_BATCH_SAMPLES", 4 * 8000)  # "long" = over 4 s here
     seen = []
     real = clips.scatter_clips
-    monkeypatch.setattr(features, "scatter_clips", lambda sc, xs: seen.append(len(xs[0])) or real(sc, xs))
+    monkeypatch.setattr(clips, "scatter_clips", lambda sc, xs: seen.append(len(xs[0])) or real(sc, xs))
     run = extract_features(find_audio([folder]).with_roots(), tmp_path / "out", config, progress=False)
     assert len(run.done) == 2 and seen == [3 * 8000]  # only the short file took the clip path
     for name in ("short", "long"):

@@ -27,7 +27,6 @@ other, and a rerun puts each file in the same shard again; each writes its own s
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
 import signal
 import sys
@@ -52,7 +51,7 @@ from scatterbird.pipeline.detect.windows import WindowSpec, events_from_windows,
 from scatterbird.pipeline.device import detector_on, resolve_device
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died, worker_torch_threads
 from scatterbird.pipeline.frontend.audio import AudioError, audio_info, stream_audio
-from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
+from scatterbird.pipeline.frontend.clips import scatter_recording
 from scatterbird.pipeline.frontend.features import failure_reason, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.version import __version__
@@ -130,25 +129,8 @@ def score_blocks(
     """
     config: FeatureConfig = detector.feature_config
     device = str(resolve_device(device, option="device"))  # "auto" becomes the device it stands for
-    sc = scattering_for(config, device)
-    chunks: Iterable = sc.stream(blocks)
-    if expected_samples is not None and expected_samples <= MAX_BATCH_SAMPLES:
-        # a short recording in a buffer of about its own length (pipeline/frontend/clips.py), not a whole
-        # streaming buffer: the same frames, to float rounding, at a fraction of the cost. A header that
-        # promised too little (a damaged file) is found out while reading: the rest is streamed.
-        head: list[np.ndarray] = []
-        it = iter(blocks)
-        read = 0
-        for b in it:
-            head.append(np.asarray(b, dtype=np.float32).reshape(-1))
-            read += head[-1].size
-            if read > MAX_BATCH_SAMPLES:
-                chunks = sc.stream(itertools.chain(head, it))
-                break
-        else:
-            if read == 0:
-                raise ValueError("empty stream: no samples")
-            chunks = scatter_clips(sc, [np.concatenate(head)])
+    # a short recording in a buffer of about its own length, not a whole streaming buffer
+    chunks = scatter_recording(scattering_for(config, device), blocks, expected_samples)
     rows: list[tuple[float, float]] = []
     scores: list[np.ndarray] = []
     pending: list[np.ndarray] = []

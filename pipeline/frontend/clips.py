@@ -12,7 +12,8 @@ buffer too; the zeros appended after ``whole``'s right margin are out of every k
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,3 +117,42 @@ def scatter_clips(
                 out[i] = sc._wrap(sc._log(S[row, :, lo : lo + nf]), 0)
             del x, S
     return out  # type: ignore[return-value]
+
+
+def read_if_short(
+    blocks: Iterable[np.ndarray], limit: int = MAX_BATCH_SAMPLES
+) -> tuple[np.ndarray | None, Iterable[np.ndarray]]:
+    """Read consecutive mono blocks whole if they hold at most ``limit`` samples.
+
+    Returns ``(signal, ())`` when they do, else ``(None, blocks)``: the blocks read so far chained with the
+    rest, to be streamed. Memory is bounded by ``limit`` either way, even when a header promised a short
+    file and the audio goes on.
+    """
+    head: list[np.ndarray] = []
+    it = iter(blocks)
+    read = 0
+    for b in it:
+        head.append(np.asarray(b, dtype=np.float32).reshape(-1))
+        read += head[-1].size
+        if read > limit:
+            return None, itertools.chain(head, it)
+    return (np.concatenate(head) if head else np.zeros(0, np.float32)), ()
+
+
+def scatter_recording(
+    scattering: Scattering, blocks: Iterable[np.ndarray], expected_samples: int | None = None
+) -> Iterator[Scattergram]:
+    """The scattergrams of one recording: in one buffer of about its own length when it is short (at most
+    ``MAX_BATCH_SAMPLES`` samples, as its header promised and as read), streamed otherwise.
+
+    Both give the frames :meth:`Scattering.stream` gives, to float rounding; the short path costs about the
+    recording's own length instead of a whole streaming buffer.
+    """
+    if expected_samples is not None and expected_samples <= MAX_BATCH_SAMPLES:
+        x, blocks = read_if_short(blocks, MAX_BATCH_SAMPLES)
+        if x is not None:
+            if x.size == 0:
+                raise ValueError("empty stream: no samples")
+            yield from scatter_clips(scattering, [x])
+            return
+    yield from scattering.stream(blocks)

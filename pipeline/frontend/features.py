@@ -18,7 +18,7 @@ from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.device import resolve_device
 from scatterbird.pipeline.executor import open_executor, run_each, worker_died
 from scatterbird.pipeline.frontend.audio import AudioError, stream_audio
-from scatterbird.pipeline.frontend.clips import MAX_BATCH_SAMPLES, scatter_clips
+from scatterbird.pipeline.frontend.clips import scatter_recording
 from scatterbird.pipeline.frontend.scattering import Scattergram, Scattering, concatenate
 from scatterbird.pipeline.output_files import prepare_output_dir, write_bytes_atomic
 
@@ -154,14 +154,8 @@ def write_features(file: tuple[Path, Path | None], outdir: Path, config: Feature
     path, root = file
     stat = source_stat(path)  # before reading: a file changed meanwhile is redone on the next run
     stream = stream_audio(path, config.sample_rate)
-    sc = scattering_for(config, device)
-    if stream.expected_samples <= MAX_BATCH_SAMPLES:
-        # a short file in a buffer of about its own length (pipeline/frontend/clips.py), not a whole
-        # streaming buffer: the same frames, to float rounding, at a fraction of the cost
-        x = np.concatenate(list(stream))
-        (sg,) = scatter_clips(sc, [x])
-    else:
-        sg = concatenate(list(sc.stream(stream)))
+    # a short file in a buffer of about its own length (pipeline/frontend/clips.py), not a whole streaming buffer
+    sg = concatenate(list(scatter_recording(scattering_for(config, device), stream, stream.expected_samples)))
     target = outdir / (output_name(path, root) + ".npz")
     save_scattergram(target, sg, config, source=str(path), source_stat=stat)
     return str(target)
