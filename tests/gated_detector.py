@@ -1,8 +1,9 @@
-"""A test detector that can be made to hang: the SimpleDetector's scores, until a gate file exists.
+"""A test detector that can be made to hang: the SimpleDetector's scores for the first call only.
 
-Once the file named by ``SCATTERBIRD_TEST_GATE`` exists, every ``predict_proba`` call blocks for good, in
-whichever process runs it (worker processes inherit the variable). A test opens the gate to get jobs that
-are in flight and will never finish on their own, and checks that an interrupted batch still ends.
+``SCATTERBIRD_TEST_GATE`` names an existing folder. The first ``predict_proba`` call, in whichever process
+(worker processes inherit the variable), claims the folder's single ticket (an atomic ``mkdir``) and scores;
+every later call blocks for good. A test gets exactly one finished job and jobs that are in flight and will
+never finish on their own, whatever the machine's speed, and checks that an interrupted batch still ends.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ GATE_ENV = "SCATTERBIRD_TEST_GATE"
 
 
 class GatedDetector(SimpleDetector):
-    """SimpleDetector whose scoring hangs once the gate file exists."""
+    """SimpleDetector whose scoring hangs after the gate folder's one ticket is taken."""
 
     kind = "test-gated-logistic"
 
     def predict_proba(self, sequences):
         gate = os.environ.get(GATE_ENV)
-        if gate and os.path.exists(gate):
-            threading.Event().wait()  # never set: the job is stuck until its process is stopped
+        if gate:
+            try:
+                os.mkdir(Path(gate) / "ticket")  # atomic: exactly one call in all processes succeeds
+            except FileExistsError:
+                threading.Event().wait()  # never set: the job is stuck until its process is stopped
         return super().predict_proba(sequences)
 
 
