@@ -13,15 +13,23 @@ detector.
 Files are written with ``torch.save`` and read with ``torch.load(..., weights_only=True)``: only tensors,
 numbers, strings, lists and dicts can come back, never arbitrary objects, so a model file handed over by
 someone else cannot run code when it is opened.
+
+A detector may carry a calibration temperature ``T`` (:meth:`Detector.calibrate`): every subclass's
+``predict_proba`` is wrapped here so that it returns ``sigmoid(logit(p) / T)``, and the temperature travels
+in the file's extra state. At ``T == 1`` (the default) scores, files and model hashes are exactly those of a
+detector without one.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
+import math
 import os
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +42,17 @@ _NOT_HASHED = frozenset({"verbose", "progress", "n_jobs"})
 
 #: Written into every model file; bumped when the layout changes.
 MODEL_FORMAT = "scatterbird-detector/1"
+
+#: The calibration temperature's key in a model file's extra state; absent at T == 1, so a detector never
+#: calibrated keeps the file and the hash it had before temperatures existed.
+TEMPERATURE_KEY = "calibration_temperature"
+
+#: Bounds of a fitted temperature: beyond them the scores are all but 0/1 or all but 1/2.
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
+#: Probabilities are kept this far from 0 and 1 when a temperature is fitted: one confident mistake at
+#: exactly 0 or 1 would otherwise make the likelihood zero for every temperature.
+_FIT_EPS = 1e-7
 
 
 def _to_json(value: Any) -> str:
@@ -110,6 +129,155 @@ def check_labels(labels: Sequence[int], n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+# -- temperature scaling -------------------------------------------------------------------------------
+def _logit(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):  # p of exactly 0 or 1: -inf or +inf, which the sigmoid maps back
+        return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(z))  # never overflows; exp(-inf) = 0 gives exactly 0 or 1 at infinite z
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _check_temperature(t: Any) -> float:
+    try:
+        value = float(t)
+    except (TypeError, ValueError):
+        raise DetectorError(f"calibration temperature must be a number, got {t!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise DetectorError(f"calibration temperature must be finite and > 0, got {value}")
+    return value
+
+
+def apply_temperature(probs: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities rescaled by a temperature: ``sigmoid(logit(p) / T)``.
+
+    ``T > 1`` pulls scores towards 1/2 (a less confident model), ``T < 1`` pushes them out; the order of the
+    scores, hence any ROC AUC, is unchanged, and 0, 1/2 and 1 stay where they are.
+
+    Parameters
+    ----------
+    probs : array-like of float in [0, 1]
+    temperature : float
+        ``T > 0``.
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``probs``
+    """
+    t = _check_temperature(temperature)
+    p = np.asarray(probs, dtype=np.float64)
+    if t == 1.0:
+        return p.copy()
+    return _sigmoid(_logit(p) / t)
+
+
+def fit_temperature(labels: Sequence[int], probs: Sequence[float] | np.ndarray) -> float:
+    """The temperature ``T > 0`` that minimises the negative log-likelihood of ``sigmoid(logit(p) / T)``.
+
+    Probabilities are clipped to ``[1e-7, 1 - 1e-7]`` first. The likelihood is convex in ``1 / T``, so a
+    bounded scalar search on ``log T`` (``scipy.optimize.minimize_scalar``) finds its minimum; the result
+    lies within :data:`TEMPERATURE_BOUNDS` (the lower bound when the scores separate the classes perfectly).
+
+    Parameters
+    ----------
+    labels : sequence of int, 0/1, shape (n,)
+        Held-out labels (fitting on the training clips would undo nothing of the overfitting).
+    probs : array-like of float in [0, 1], shape (n,)
+        The uncalibrated probabilities of bird.
+
+    Returns
+    -------
+    float
+        1.0 when every score is 1/2 (no temperature changes anything).
+
+    Raises
+    ------
+    DetectorError
+        On labels that are not 0/1 of both classes, or probabilities outside [0, 1], NaN or of another length.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or not np.isfinite(p).all() or ((p < 0) | (p > 1)).any():
+        raise DetectorError("probabilities must be a 1-D array of finite values in [0, 1]")
+    y = check_labels(labels, p.size).astype(np.float64)
+    z = _logit(np.clip(p, _FIT_EPS, 1.0 - _FIT_EPS))
+    if not np.any(z):
+        return 1.0
+    from scipy.optimize import minimize_scalar  # scipy only where a temperature is fitted
+
+    def nll(log_t: float) -> float:
+        a = z * math.exp(-log_t)
+        return float(np.mean(np.logaddexp(0.0, a) - y * a))  # -log likelihood of Bernoulli(sigmoid(a))
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    return float(min(max(math.exp(res.x), TEMPERATURE_BOUNDS[0]), TEMPERATURE_BOUNDS[1]))
+
+
+def _temper_output(p: Any, temperature: float) -> np.ndarray:
+    """A ``predict_proba`` result rescaled: shape (n,), or (n, 2) with the bird column second."""
+    a = np.asarray(p)
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64
+    if a.ndim == 1:
+        return apply_temperature(a, temperature).astype(dtype, copy=False)
+    if a.ndim == 2 and a.shape[1] == 2:
+        bird = apply_temperature(a[:, 1], temperature)
+        return np.stack([1.0 - bird, bird], axis=1).astype(dtype, copy=False)
+    raise DetectorError(f"predict_proba returned shape {a.shape}; a temperature needs (n,) or (n, 2)")
+
+
+def _bird_probability(p: Any) -> np.ndarray:
+    """The probability of bird from a ``predict_proba`` result of shape (n,) or (n, 2)."""
+    a = np.asarray(p, dtype=np.float64)
+    return a[:, 1] if a.ndim == 2 and a.shape[1] == 2 else a
+
+
+# The wrappers below act only where they are the method the instance's class resolves to: a subclass of a
+# subclass that calls ``super().predict_proba`` gets the temperature applied once, not twice.
+def _tempered_predict_proba(predict_proba: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(predict_proba)
+    def wrapper(self: Detector, *args: Any, **kwargs: Any) -> Any:
+        p = predict_proba(self, *args, **kwargs)
+        if self._temperature == 1.0 or type(self).predict_proba is not wrapper:
+            return p
+        return _temper_output(p, self._temperature)
+
+    return wrapper
+
+
+def _state_with_temperature(get_state: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(get_state)
+    def wrapper(self: Detector) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, extra = get_state(self)
+        if self._temperature != 1.0:  # at 1 the extra state, and so the file and the hash, stay as they were
+            extra = {**extra, TEMPERATURE_KEY: float(self._temperature)}
+        return tensors, extra
+
+    return wrapper
+
+
+def _state_setting_temperature(set_state: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(set_state)
+    def wrapper(self: Detector, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
+        if type(self)._set_state is not wrapper:
+            set_state(self, tensors, extra)
+            return
+        rest = dict(extra)
+        t = _check_temperature(rest.pop(TEMPERATURE_KEY, 1.0))  # a file saved without one: 1, scores unchanged
+        set_state(self, tensors, rest)
+        self._temperature = t
+
+    return wrapper
+
+
+_WRAPPED = {
+    "predict_proba": _tempered_predict_proba,
+    "_get_state": _state_with_temperature,
+    "_set_state": _state_setting_temperature,
+}
+
+
 def _same_value(a: Any, b: Any) -> bool:
     """Whether a hyperparameter still has its default (arrays and sequences compared element by element)."""
     if a is b:
@@ -133,17 +301,26 @@ class Detector:
         Registry name written into the file ("inversion", "rntk", ...).
     feature_config : FeatureConfig or None
         The configuration of the features the detector is fitted on. Set it before ``save``.
+    temperature : float
+        The calibration temperature applied to ``predict_proba`` (1: none); see :meth:`calibrate`.
     """
 
     kind: ClassVar[str] = "base"
-    _registry: ClassVar[dict[str, type["Detector"]]] = {}
+    _registry: ClassVar[dict[str, type[Detector]]] = {}
 
     feature_config: FeatureConfig | None = None
+    # a class default, not set in __init__ (which only stores hyperparameters) nor ending in "_" (which
+    # scikit-learn's check_is_fitted would take for learned state)
+    _temperature: float = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.kind != "base":
             Detector._registry[cls.kind] = cls
+        # every detector's scores and saved state get the temperature, without each subclass handling it
+        for name, wrap in _WRAPPED.items():
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
 
     # -- hyperparameters (scikit-learn's estimator conventions) --------------------------------------
     @classmethod
@@ -251,7 +428,7 @@ class Detector:
         sequences: Sequence[np.ndarray],
         labels: Sequence[int],
         unlabeled: Sequence[np.ndarray] | None = None,
-    ) -> "Detector":
+    ) -> Detector:
         """Fit on labelled sequences (and, where the detector can use them, unlabeled ones)."""
         raise NotImplementedError
 
@@ -270,6 +447,37 @@ class Detector:
     @property
     def n_channels_(self) -> int:
         raise NotImplementedError
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature ``T``: ``predict_proba`` returns ``sigmoid(logit(p) / T)`` (1: unchanged)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = _check_temperature(value)
+
+    def calibrate(self, sequences: Sequence[np.ndarray], labels: Sequence[int]) -> float:
+        """Fit the calibration temperature on held-out labelled sequences and keep it (saved with the model).
+
+        The temperature is fitted to the uncalibrated scores (:func:`fit_temperature`), so calibrating
+        twice on the same clips gives the same temperature. Use clips the detector was not trained on.
+
+        Parameters
+        ----------
+        sequences : sequence of ndarray, shape (n_frames, n_channels)
+        labels : sequence of int, 0/1
+            Both classes must be present.
+
+        Returns
+        -------
+        float
+            The temperature now set.
+        """
+        raw = getattr(type(self).predict_proba, "__wrapped__", type(self).predict_proba)
+        p = _bird_probability(raw(self, sequences))
+        self.temperature = fit_temperature(labels, p)
+        return self._temperature
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights, hyperparameters and feature configuration to one file (safe format).
