@@ -1,7 +1,7 @@
 """The HTML report of an evaluation or cross-validation run, and its PNG figures.
 
 One self-contained folder: ``report.html`` refers only to files written next to it (``roc.png``,
-``hist_<dataset>.png``, ``clips/*.png`` and the listed clips' audio, ``clips/*.wav``) by relative paths, so
+``reliability.png``, ``hist_<dataset>.png``, ``clips/*.png`` and the listed clips' audio, ``clips/*.wav``) by relative paths, so
 the folder can be copied, zipped or served as it is. The page is the jinja2 template ``pipeline/templates/evaluate.html``, filled with plain data
 prepared here; figures are drawn on :func:`~scatterbird.pipeline.html_report.new_figure` (no pyplot).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -19,6 +20,7 @@ import soundfile as sf
 
 from scatterbird.errors import AudioError
 from scatterbird.pipeline.datasets import Clip
+from scatterbird.pipeline.evaluate.calibration import ECE_BINS, reliability_bins
 from scatterbird.pipeline.evaluate.results import DEFAULT_PROB, DEFAULTED_FILE, DatasetResult, RunResult
 from scatterbird.pipeline.frontend.audio import stream_audio
 from scatterbird.pipeline.frontend.scattering import Scattergram
@@ -65,6 +67,65 @@ def plot_roc(results: Sequence[DatasetResult], path: str | os.PathLike) -> bool:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    save_png(fig, path, dpi=90)
+    return True
+
+
+def plot_reliability(
+    results: Sequence[DatasetResult],
+    path: str | os.PathLike,
+    pooled: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> bool:
+    """Reliability diagram: per equal-width bin of predicted probability, the fraction of clips with birds
+    against the bin's mean score (the diagonal is perfect calibration), with the bins' clip counts below.
+
+    Parameters
+    ----------
+    results : sequence of DatasetResult
+        Datasets with an ECE (labelled, scores in [0, 1]) are drawn, each with its ECE in the legend.
+    path : path
+        The PNG written.
+    pooled : (labels, scores, ece), optional
+        Also drawn, as "all clips pooled" (cross-validation's out-of-fold scores), when there are several
+        datasets.
+
+    Returns
+    -------
+    bool
+        False (nothing written) when no dataset has an ECE.
+    """
+    curves = []
+    for k, r in enumerate(results):
+        if r.metrics.ece is not None:
+            ok = r.ok
+            curves.append((r.metrics.name, r.metrics.ece, _COLORS[k % len(_COLORS)], "-", r.dataset.labels[ok], r.scores[ok]))
+    if not curves:
+        return False
+    if pooled is not None and len(curves) > 1:
+        y, s, ece = pooled
+        curves.append(("all clips pooled", ece, "0.2", "--", y, s))
+    fig = new_figure(5.2, 5.6)
+    ax = fig.add_axes((0.14, 0.37, 0.82, 0.56))
+    hist = fig.add_axes((0.14, 0.08, 0.82, 0.2), sharex=ax)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="perfect calibration")
+    width = 1.0 / ECE_BINS / (len(curves) + 1)
+    for j, (name, ece, color, ls, y, s) in enumerate(curves):
+        rel = reliability_bins(y, s, ECE_BINS)
+        filled = rel.count > 0
+        ax.plot(rel.mean_predicted[filled], rel.observed[filled], marker="o", ms=4, lw=1.4, ls=ls, color=color,
+                label=f"{name}: ECE {ece:.3f}")
+        left = rel.edges[:-1] + (j + 0.5) * width  # the bins' counts side by side within each bin
+        hist.bar(left[filled], rel.count[filled], width=width, align="edge", color=color, alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("fraction of clips with birds")
+    ax.set_title(f"Reliability ({ECE_BINS} equal-width bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelbottom=False)
+    hist.set_xlabel("predicted probability of bird")
+    hist.set_ylabel("clips")
+    hist.grid(alpha=0.3, axis="y")
     save_png(fig, path, dpi=90)
     return True
 
@@ -206,8 +267,23 @@ def _metrics_rows(run: RunResult) -> list[dict[str, Any]]:
             "ci": f"{fixed(x.ci[0])} – {fixed(x.ci[1])}" if x.ci else "—",
             "failed": len(x.failed),
             "warning": x.warning,
+            "ece": x.ece,
         })
     return rows
+
+
+def _pooled_row(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The table row of every held-out clip together (:meth:`RunResult.pooled`: AUC, interval, ECE)."""
+    if p is None:
+        return None
+    ci = p["roc_auc_ci95"]
+    return {
+        "n": p["n"],
+        "positives": f"{p['positives']} ({p['positives'] / max(1, p['n']):.0%})",
+        "auc": p["roc_auc"],
+        "ci": f"{fixed(ci[0])} – {fixed(ci[1])}" if ci else "—",
+        "ece": p["ece"],
+    }
 
 
 def _worst_tables(
@@ -273,6 +349,13 @@ def write_report(
         roc = run.files["roc"] = "roc.png"
     elif (out / "roc.png").exists():
         (out / "roc.png").unlink()  # a stale figure from an earlier run must not be shown
+    reliability = None
+    pooled = run.pooled() if run.kind == "crossval" else None
+    pooled_curve = (*run.pooled_scores(), pooled["ece"]) if pooled and pooled["ece"] is not None else None
+    if plot_reliability(run.results, out / "reliability.png", pooled_curve):
+        reliability = run.files["reliability"] = "reliability.png"
+    elif (out / "reliability.png").exists():
+        (out / "reliability.png").unlink()
     histograms = []
     for r in run.results:
         name = f"hist_{_safe(r.metrics.name)}.png"
@@ -293,6 +376,8 @@ def write_report(
         provenance=_provenance(run),
         crossval=run.kind == "crossval",
         metrics=_metrics_rows(run),
+        pooled=_pooled_row(pooled),
+        ece_bins=ECE_BINS,
         harmonic_mean=run.harmonic_mean_auc,
         bootstrap={"method": b.get("method", "bootstrap"), "replicates": b.get("replicates"), "seed": b.get("seed")}
         if b
@@ -302,6 +387,7 @@ def write_report(
         defaulted_file=DEFAULTED_FILE if (out / DEFAULTED_FILE).exists() else None,
         problems=[p for r in run.results for p in r.dataset.problems()],
         roc=roc,
+        reliability=reliability,
         histograms=histograms,
         worst=_worst_tables(out, worst, run.config.sample_rate),
         failed=failed[:MAX_FAILED_ROWS],

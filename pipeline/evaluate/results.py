@@ -7,14 +7,16 @@ Filled by :mod:`pipeline.evaluate.run`, written by :mod:`pipeline.evaluate.outpu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.datasets import Dataset
+from scatterbird.pipeline.evaluate.calibration import ECE_BINS, expected_calibration_error
 from scatterbird.pipeline.evaluate.metrics import bootstrap_auc_ci, harmonic_mean, roc_auc
 
 #: Below this many scored clips in either class, an AUC and its bootstrap interval are flagged: with a
@@ -38,6 +40,7 @@ class DatasetMetrics:
     auc: float | None
     ci: tuple[float, float] | None
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (itemid, path, reason)
+    ece: float | None = None  # expected calibration error over ECE_BINS equal-width bins (see calibration.py)
 
     @property
     def warning(self) -> str | None:
@@ -65,6 +68,8 @@ class DatasetMetrics:
             "positives": self.positives,
             "roc_auc": num(self.auc),
             "roc_auc_ci95": None if self.ci is None else [num(self.ci[0]), num(self.ci[1])],
+            "ece": num(self.ece),
+            "ece_bins": ECE_BINS,
             "small_sample": self.warning is not None,
             "warning": self.warning,
         }
@@ -98,27 +103,43 @@ class RunResult:
     outdir: Path | None = None
     files: dict[str, str] = field(default_factory=dict)  # role -> file name inside outdir
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    # pooled() by (replicates, seed): metrics.json and the report both show it, and its bootstrap is not free
+    _pooled: dict[tuple[int, int], dict[str, Any] | None] = field(default_factory=dict, init=False, repr=False,
+                                                                   compare=False)
 
-    def pooled(self, n_boot: int | None = None) -> dict[str, Any] | None:
-        """ROC AUC (and interval) of every labelled, scored clip of the run together.
-
-        For a cross-validation over folds of one population (e.g. source-file folds) this is the usual
-        out-of-fold AUC; for challenge datasets the official score is the harmonic mean instead.
-        """
+    def pooled_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and scores of every labelled, scored clip of the run, datasets in order."""
         ys, ss = [], []
         for r in self.results:
             if r.dataset.has_labels:
                 ys.append(r.dataset.labels[r.ok])
                 ss.append(r.scores[r.ok])
         if not ys:
-            return None
-        y, s = np.concatenate(ys), np.concatenate(ss)
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate(ys).astype(np.int64), np.concatenate(ss)
+
+    def pooled(self, n_boot: int | None = None) -> dict[str, Any] | None:
+        """ROC AUC (and interval) and ECE of every labelled, scored clip of the run together.
+
+        For a cross-validation over folds of one population (e.g. source-file folds) this is the usual
+        out-of-fold AUC; for challenge datasets the official score is the harmonic mean instead.
+        None when the pooled clips lack a class.
+        """
+        key = (int(self.bootstrap.get("replicates", 1000) if n_boot is None else n_boot), self.bootstrap.get("seed", 0))
+        if key not in self._pooled:
+            self._pooled[key] = self._compute_pooled(*key)
+        found = self._pooled[key]
+        return None if found is None else dict(found)  # a caller's changes must not reach the cache
+
+    def _compute_pooled(self, nb: int, seed: int) -> dict[str, Any] | None:
+        y, s = self.pooled_scores()
         if not 0 < y.sum() < y.size:
             return None
-        nb = self.bootstrap.get("replicates", 1000) if n_boot is None else n_boot
-        lo, hi = bootstrap_auc_ci(y, s, n_boot=nb, seed=self.bootstrap.get("seed", 0)) if nb else (float("nan"),) * 2
+        lo, hi = bootstrap_auc_ci(y, s, n_boot=nb, seed=seed) if nb else (float("nan"),) * 2
+        ece = _ece(y, s)
         return {"n": int(y.size), "positives": int(y.sum()), "roc_auc": round(roc_auc(y, s), 6),
-                "roc_auc_ci95": None if math.isnan(lo) else [round(lo, 6), round(hi, 6)]}
+                "roc_auc_ci95": None if math.isnan(lo) else [round(lo, 6), round(hi, 6)],
+                "ece": None if ece is None else round(ece, 6), "ece_bins": ECE_BINS}
 
     @property
     def n_failed(self) -> int:
@@ -127,7 +148,7 @@ class RunResult:
 
     def table(self) -> str:
         """The metrics as a plain-text table (what the CLI prints)."""
-        head = f"{'dataset':<22} {'n':>7} {'pos':>7} {'AUC':>7}  95% interval"
+        head = f"{'dataset':<22} {'n':>7} {'pos':>7} {'AUC':>7}  {'95% interval':<16} {'ECE':>6}"
         if self.kind == "crossval":
             head += "      trained on"
         lines = [head, "-" * len(head)]
@@ -138,7 +159,8 @@ class RunResult:
             pos = "hidden" if m.positives is None else str(m.positives)
             if m.warning:
                 auc += "*"
-            line = f"{m.name:<22} {m.n_scored:>7} {pos:>7} {auc:>7}  {ci:<16}"
+            ece = "—" if m.ece is None else f"{m.ece:.3f}"
+            line = f"{m.name:<22} {m.n_scored:>7} {pos:>7} {auc:>7}  {ci:<16} {ece:>6}"
             if self.kind == "crossval":
                 line += " " + " + ".join(r.train_on)
             lines.append(line.rstrip())
@@ -152,7 +174,7 @@ def metrics_for(data: Dataset, scores: np.ndarray, reasons: list[str | None], n_
     """A dataset's metrics from its clips' scores (``reasons[i]`` not None: clip ``i`` failed)."""
     ok = np.array([r is None for r in reasons], dtype=bool)
     failed = [(c.itemid, str(c.path), r) for c, r in zip(data.clips, reasons) if r is not None]
-    auc = ci = None
+    auc = ci = ece = None
     positives = None
     if data.has_labels:
         y = data.labels[ok]
@@ -160,7 +182,15 @@ def metrics_for(data: Dataset, scores: np.ndarray, reasons: list[str | None], n_
         if y.size and 0 < positives < y.size:
             auc = roc_auc(y, scores[ok])
             ci = bootstrap_auc_ci(y, scores[ok], n_boot=n_boot, seed=seed) if n_boot > 0 else None
-    return DatasetMetrics(data.name, len(data.clips), int(ok.sum()), positives, auc, ci, failed)
+        ece = _ece(y, scores[ok])
+    return DatasetMetrics(data.name, len(data.clips), int(ok.sum()), positives, auc, ci, failed, ece)
+
+
+def _ece(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The ECE of probabilities of bird; None without clips, or for scores that are not probabilities."""
+    if labels.size == 0 or not np.all((scores >= 0) & (scores <= 1)):
+        return None
+    return expected_calibration_error(labels, scores, ECE_BINS)
 
 
 def harmonic_mean_auc(results: Sequence[DatasetResult]) -> float | None:
