@@ -19,16 +19,21 @@ The recipe (each step skips what is already done under ``WORKDIR``, by default
 5. **mix**: each fold's 10 s clips are made only from that fold's sources. Sound effects are short and clean,
    field recordings long and noisy, so a clip is a background (synthetic noise from :mod:`data.synthetic`,
    often with a long non-bird ambience under it: rain, waves, frogs, engines, crowds) with events placed at
-   random times at a random SNR: bird calls (and bird soundscapes) in positive clips, other animals,
-   instruments, whistles and vehicles as distractors in both. Labels are "any audible bird", as the
-   challenge data's. Augmentations that real recorders impose are applied to both classes alike: random
-   band-limiting (many sources are 11 kHz files, so bandwidth must not give the class away), overall gain,
-   and a share of clips whose only bird is a synthetic call.
+   random times at a random SNR: bird calls (and bird soundscapes) in positive clips, other sounds as
+   distractors in both, drawn preferentially from the categories a detector confuses with birds (music and
+   whistles, speech and song, other animals, beeps, weather, vehicles, machines). Labels are "any audible
+   bird", as the challenge data's, and honest: a negative clip holds no bird sound at all, real or synthetic;
+   a positive one holds a main bird at least ``snr_floor_db`` over the background (measured after its
+   augmentations, on its part inside the clip) with at least 70 % of it inside the clip, and maybe fainter
+   or partial birds besides. Augmentations (:mod:`data.augment`) are drawn for every event of either class
+   alike, so none gives the class away: pitch (speed) shifts, slow time warps, random EQ, band-limiting (many
+   sources are 11 kHz files, so bandwidth must not mark a class), room reverberation, distance, truncation
+   and cuts at the clip's edge; then an overall gain; and a share of clips whose only birds are synthetic.
 
 Each fold is written in the Bird Audio Detection layout (``folds/fold<k>/wav/<itemid>.wav`` and
 ``folds/fold<k>/fold<k>.csv``), so ``scatterbird train``, ``evaluate`` and ``crossval`` read it directly; the
 leave-source-out validation is ``crossval`` over the folds. ``recipe.csv`` in each fold says what each clip
-is made of.
+is made of and the category of its loudest bird (or, in a negative, of its loudest distractor).
 """
 
 from __future__ import annotations
@@ -39,15 +44,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from scatterbird.data import DATA_DIR
-from scatterbird.data.synthetic import BACKGROUNDS, background, bird_call
-from scatterbird.errors import BootstrapError
+from scatterbird.data import DATA_DIR, augment, synthetic
+from scatterbird.data.augment import active_power
+from scatterbird.data.synthetic import background, bird_call
+from scatterbird.errors import BootstrapError, OptionError
 
 SOURCES_CSV = DATA_DIR / "bootstrap_sources.csv"
 DEFAULT_WORKDIR = Path(os.environ.get("SCATTERBIRD_BOOTSTRAP", Path.home() / ".cache" / "scatterbird" / "bootstrap"))
@@ -219,8 +225,8 @@ def cut_segments(rows: Sequence[SourceRow], extract: Path, sr: int) -> list[Segm
         except (OSError, RuntimeError) as exc:
             raise BootstrapError(f"{path}: cannot read ({exc})") from None
         x = x.mean(axis=1)
-        a = int(round(r.start * src_sr))
-        b = x.size if r.dur is None else min(x.size, a + int(round(r.dur * src_sr)))
+        a = round(r.start * src_sr)
+        b = x.size if r.dur is None else min(x.size, a + round(r.dur * src_sr))
         x = x[a:b]
         if src_sr != sr:
             x = soxr.resample(x, src_sr, sr).astype(np.float32)
@@ -266,9 +272,33 @@ def assign_folds(rows: Sequence[SourceRow], k: int, seed: int = 0) -> dict[str, 
 
 
 # -- 5. mix ------------------------------------------------------------------------------------------------
+#: How often each sound category is picked, relative to the others, when a distractor draw is "hard"
+#: (:attr:`MixOptions.p_hard_negative`): the sounds a bird detector confuses with birds come first.
+#: Categories not listed weigh :data:`DEFAULT_CATEGORY_WEIGHT`.
+HARD_CATEGORY_WEIGHTS: dict[str, float] = {
+    "music": 3.0,  # whistles, flutes, tonal instruments: bird-like pitch tracks
+    "other_animal": 3.0,  # frogs, insects, mammals
+    "speech_song": 2.0,
+    "ui": 2.0,  # beeps and chimes
+    "weather": 1.5,  # rain, wind
+    "water": 1.5,
+    "vehicle": 1.5,
+    "machine": 1.5,
+    "household": 1.0,
+    "human": 1.0,
+    "other": 0.5,
+}
+DEFAULT_CATEGORY_WEIGHT = 1.0
+
+#: Kinds of synthetic call used when data.synthetic does not list its own.
+_FALLBACK_BIRD_KINDS = ("chirp", "trill", "harmonic")
+
+
 @dataclass
 class MixOptions:
-    """How clips are mixed (the defaults are those of the shipped model).
+    """How clips are mixed (``build.json`` records the options of each build). Every augmentation has its own
+    probability, so an ablation can switch it off (set it to 0); each is drawn per event, for bird and
+    non-bird events alike.
 
     Attributes
     ----------
@@ -288,6 +318,40 @@ class MixOptions:
         Chance that a positive clip's birds are synthetic calls only (data.synthetic).
     gain_db : (float, float)
         Overall gain applied last.
+    snr_floor_db : float
+        The main bird of a positive clip has at least this SNR, measured on its part inside the clip after
+        its augmentations (its SNR is drawn from ``[max(snr_floor_db, snr_db[0]), snr_db[1]]``).
+    calls_per_clip : (int, int)
+        Bird events in a positive clip (inclusive range; a bird soundscape ends the list).
+    distractors_positive, distractors_negative : (int, int)
+        Non-bird events in a positive / negative clip (inclusive ranges).
+    p_pitch, pitch_semitones : float, (float, float)
+        Chance and range of a pitch shift by resampling (tempo moves with it).
+    p_warp, warp_semitones : float, float
+        Chance and depth of a slow random time warp (tempo and frequency modulation).
+    p_eq, eq_bands, eq_gain_db : float, (int, int), (float, float)
+        Chance of a random EQ, its number of biquads and their gains.
+    p_bandlimit, highpass_hz : float, (float, float)
+        Chance of a high-pass (corner log-uniform in ``highpass_hz``; half the time also a low-pass at
+        4-8 kHz, i.e. a band-pass).
+    p_distance, distance_m : float, (float, float)
+        Chance of air absorption at a distance drawn log-uniform in ``distance_m`` (the level is set by the
+        SNR draw, so only the spectral tilt remains).
+    max_filter_loss_db : float
+        The spectral steps (low-pass, band-limit, EQ, distance) are undone when together they would remove
+        more than this of an event's power: a call filtered away would be a label error.
+    p_reverb, rt60_s, drr_db : float, (float, float), (float, float)
+        Chance of synthetic room reverberation, its RT60 and direct-to-reverberant ratio ranges.
+    p_partial, partial_keep : float, (float, float)
+        Chance that an event other than the main bird is partial: truncated, or cut by the clip's edge
+        (even odds), keeping a share in ``partial_keep`` of it.
+    p_faint, faint_snr_db : float, (float, float)
+        Chance that an event other than the main bird is faint: its SNR is drawn from ``faint_snr_db``.
+    p_hard_negative : float
+        Chance that a distractor is drawn by category (weights ``category_weights`` over the categories
+        present) rather than uniformly over the segments.
+    category_weights : dict
+        Category -> weight for the hard draws (default :data:`HARD_CATEGORY_WEIGHTS`).
     """
 
     duration: float = 10.0
@@ -298,20 +362,54 @@ class MixOptions:
     p_lowpass: float = 0.35
     p_synthetic_bird: float = 0.1
     gain_db: tuple[float, float] = (-12.0, 0.0)
+    snr_floor_db: float = 0.0
+    calls_per_clip: tuple[int, int] = (1, 4)
+    distractors_positive: tuple[int, int] = (0, 2)
+    distractors_negative: tuple[int, int] = (0, 3)
+    p_pitch: float = 0.5
+    pitch_semitones: tuple[float, float] = (-3.0, 3.0)
+    p_warp: float = 0.3
+    warp_semitones: float = 1.0
+    p_eq: float = 0.5
+    eq_bands: tuple[int, int] = (1, 3)
+    eq_gain_db: tuple[float, float] = (-12.0, 12.0)
+    p_bandlimit: float = 0.15
+    highpass_hz: tuple[float, float] = (150.0, 1500.0)
+    p_distance: float = 0.3
+    distance_m: tuple[float, float] = (2.0, 100.0)
+    max_filter_loss_db: float = 15.0
+    p_reverb: float = 0.4
+    rt60_s: tuple[float, float] = (0.1, 1.5)
+    drr_db: tuple[float, float] = (-3.0, 15.0)
+    p_partial: float = 0.2
+    partial_keep: tuple[float, float] = (0.2, 0.7)
+    p_faint: float = 0.2
+    faint_snr_db: tuple[float, float] = (-12.0, 0.0)
+    p_hard_negative: float = 0.7
+    category_weights: dict[str, float] = field(default_factory=lambda: dict(HARD_CATEGORY_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if name.startswith("p_") and not 0.0 <= value <= 1.0:
+                raise OptionError(f"MixOptions.{name} is a probability, got {value}")
+            if isinstance(value, (tuple, list)) and (len(value) != 2 or value[0] > value[1]):
+                raise OptionError(f"MixOptions.{name} must be a (low, high) range, got {value}")
+        if not 0.0 <= self.positive_rate <= 1.0:
+            raise OptionError(f"MixOptions.positive_rate is a share, got {self.positive_rate}")
+        if self.duration <= 0:
+            raise OptionError(f"MixOptions.duration must be positive, got {self.duration}")
+        if self.snr_floor_db > self.snr_db[1]:
+            raise OptionError(f"MixOptions.snr_floor_db ({self.snr_floor_db}) is above snr_db's top ({self.snr_db[1]})")
+        if self.calls_per_clip[0] < 1 or self.distractors_positive[0] < 0 or self.distractors_negative[0] < 0:
+            raise OptionError("MixOptions: a positive clip needs at least one call, and event counts are >= 0")
+        if self.distance_m[0] <= 0 or self.rt60_s[0] <= 0 or self.highpass_hz[0] <= 0:
+            raise OptionError("MixOptions: distances, RT60 and corner frequencies must be positive")
+        if any(w < 0 for w in self.category_weights.values()):
+            raise OptionError("MixOptions.category_weights must be >= 0")
 
 
-def _active_power(x: np.ndarray, sr: int) -> float:
-    """Mean power over the 20 ms frames within 30 dB of the loudest (an event's, not its silences')."""
-    rms = _frame_rms(x, max(1, int(0.02 * sr)))
-    on = rms > rms.max() * 10 ** (-30 / 20)
-    return float(np.mean(rms[on] ** 2))
-
-
-def _lowpass(x: np.ndarray, sr: int, cutoff: float) -> np.ndarray:
-    from scipy import signal
-
-    sos = signal.butter(8, min(cutoff, 0.45 * sr), "lowpass", fs=sr, output="sos")
-    return signal.sosfiltfilt(sos, x).astype(np.float32)
+# The level measure of events (kept under its old name).
+_active_power = active_power
 
 
 def _loop_crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -325,11 +423,208 @@ def _loop_crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return y[a : a + n].copy()
 
 
+def _crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` samples of ``x``, from a random offset when it is longer."""
+    if x.size <= n:
+        return x
+    a = int(rng.integers(0, x.size - n + 1))
+    return x[a : a + n]
+
+
+def _power(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+
+
+def _augment(x: np.ndarray, sr: int, rng: np.random.Generator, opts: MixOptions, *, ambience: bool) -> tuple[np.ndarray, str]:
+    """One event's (or, ``ambience``, one clip-long sound's) augmentations; returns it and a tag suffix.
+
+    The same draws for either class: nothing here may tell a bird clip from another. An ambience gets only
+    what does not change its length meaningfully or smear it (pitch, low-pass, band-limit, EQ).
+    """
+    tags = []
+    if rng.random() < opts.p_pitch:
+        st = float(rng.uniform(*opts.pitch_semitones))
+        x = augment.pitch_shift(x, st)
+        tags.append(f"p{st:+.1f}")
+    if not ambience and rng.random() < opts.p_warp:
+        x = augment.time_warp(x, sr, rng, opts.warp_semitones)
+        tags.append("w")
+    y, spectral = x, []
+    if rng.random() < opts.p_lowpass:
+        cut = 50.0 * round(rng.uniform(3500.0, 5500.0) / 50)  # on a grid: the filter designs are cached
+        y = augment.band_limit(y, sr, high=cut)
+        spectral.append(f"lp{cut / 1000:.1f}k")
+    if rng.random() < opts.p_bandlimit:
+        low = 10.0 * round(np.exp(rng.uniform(*np.log(opts.highpass_hz))) / 10)
+        high = 100.0 * round(rng.uniform(4000.0, 8000.0) / 100) if rng.random() < 0.5 else None
+        y = augment.band_limit(y, sr, low=low, high=high)
+        spectral.append(f"hp{low / 1000:.2f}k" + (f"-{high / 1000:.1f}k" if high else ""))
+    if rng.random() < opts.p_eq:
+        y = augment.random_eq(y, sr, rng, n_bands=tuple(opts.eq_bands), gain_db=tuple(opts.eq_gain_db))
+        spectral.append("eq")
+    if not ambience and rng.random() < opts.p_distance:
+        d = float(np.exp(rng.uniform(*np.log(opts.distance_m))))
+        y = augment.at_distance(y, sr, d) * np.float32(d)  # spreading undone: the SNR draw sets the level
+        spectral.append(f"d{d:.0f}m")
+    if spectral:
+        if _power(y) < _power(x) * 10 ** (-opts.max_filter_loss_db / 10):
+            spectral = ["flat"]  # it would filter the sound away: keep it unfiltered (either class alike)
+        else:
+            x = y
+        tags += spectral
+    if not ambience and rng.random() < opts.p_reverb:
+        rt60, drr = float(rng.uniform(*opts.rt60_s)), float(rng.uniform(*opts.drr_db))
+        x = augment.reverberate(x, augment.reverb_ir(sr, rt60, drr, rng))
+        tags.append(f"rv{rt60:.1f}s")
+    return x, "".join("/" + t for t in tags)
+
+
+def _draw_distractor(events: Sequence[Segment], rng: np.random.Generator, opts: MixOptions) -> Segment:
+    """A uniform draw, or, with chance ``p_hard_negative``, a category by weight and then a segment of it."""
+    if rng.random() < opts.p_hard_negative:
+        cats = sorted({s.row.category for s in events})
+        w = np.array([opts.category_weights.get(c, DEFAULT_CATEGORY_WEIGHT) for c in cats], dtype=float)
+        if w.sum() > 0:
+            cat = cats[int(rng.choice(len(cats), p=w / w.sum()))]
+            pool = [s for s in events if s.row.category == cat]
+            return pool[int(rng.integers(len(pool)))]
+    return events[int(rng.integers(len(events)))]
+
+
+def _bird_kinds() -> tuple[str, ...]:
+    return tuple(getattr(synthetic, "BIRD_KINDS", _FALLBACK_BIRD_KINDS))
+
+
+@dataclass
+class PlacedEvent:
+    """One sound placed in a clip.
+
+    Attributes
+    ----------
+    tag : str
+        What it is and its augmentations (as in ``ClipRecipe.parts``).
+    category : str
+        Its source's category (``synthetic_bird`` for a synthetic call).
+    snr_db : float
+        Its SNR against the background: for the main bird, of its part inside the clip; for the others, of
+        the whole (augmented) event, of which the clip may hold only a part.
+    start, stop : int
+        Its span in clip samples; ``start < 0`` or ``stop > n`` when the clip's edge cuts it.
+    bird : bool
+    main : bool
+        The bird that makes the clip's label (the first of a positive clip).
+    """
+
+    tag: str
+    category: str
+    snr_db: float
+    start: int
+    stop: int
+    bird: bool
+    main: bool = False
+
+
 @dataclass
 class ClipRecipe:
+    """What a clip is made of. ``background`` and ``components`` (each event's clip-long contribution,
+    aligned with ``events``) are kept only when asked: ``mix == gain * (background + sum(components))``."""
+
     itemid: str
     hasbird: int
     parts: list[str] = field(default_factory=list)
+    events: list[PlacedEvent] = field(default_factory=list)
+    category: str = "noise"
+    bed_category: str = ""
+    gain: float = 1.0
+    background: np.ndarray | None = None
+    components: list[np.ndarray] | None = None
+
+    @property
+    def main(self) -> PlacedEvent | None:
+        """The main bird (None in a negative clip)."""
+        return next((e for e in self.events if e.main), None)
+
+    @property
+    def snr_db(self) -> float | None:
+        """The SNR of the event that names the clip's category (None when there is none)."""
+        return self._named.snr_db if self._named else None
+
+    @property
+    def _named(self) -> PlacedEvent | None:
+        pool = [e for e in self.events if e.bird == bool(self.hasbird)]
+        return max(pool, key=lambda e: e.snr_db) if pool else None
+
+
+class _Clip:
+    """A clip being mixed: the background, then events added one by one."""
+
+    def __init__(self, recipe: ClipRecipe, bg: np.ndarray, sr: int, rng: np.random.Generator, opts: MixOptions,
+                 keep: bool) -> None:
+        self.recipe, self.sr, self.rng, self.opts = recipe, sr, rng, opts
+        self.n = bg.size
+        self.p_bg = float(np.mean(np.square(bg, dtype=np.float64)))
+        self.mix = bg.astype(np.float64)
+        if keep:
+            recipe.background = self.mix.copy()
+            recipe.components = []
+
+    def place(self, x: np.ndarray, snr: float, tag: str, category: str, *, bird: bool, main: bool = False,
+              whole: bool = False) -> None:
+        """Augment ``x``, put it at a random time, scale it to ``snr`` dB over the background."""
+        n, rng, opts = self.n, self.rng, self.opts
+        if whole:  # a soundscape or ambience fills the clip
+            x = _loop_crop(x, int(n * augment.semitones_to_ratio(max(opts.pitch_semitones))) + 2, rng)
+            x, aug = _augment(x, self.sr, rng, opts, ambience=True)
+            x, start = _loop_crop(x, n, rng), 0
+        else:
+            # cut long sounds to the clip first: the augmentations then cost what a clip costs
+            x, aug = _augment(_crop(x, n, rng), self.sr, rng, opts, ambience=False)
+            edge = False
+            if not main and rng.random() < opts.p_partial:
+                if rng.random() < 0.5:
+                    x = augment.truncate(x, self.sr, rng, keep=tuple(opts.partial_keep))
+                    aug += "/cut"
+                else:
+                    edge = True
+            x = x[:n]  # pitch down and reverb lengthen a sound
+            size = x.size
+            if edge:
+                m = max(1, round(rng.uniform(*opts.partial_keep) * size))
+                start = m - size if rng.random() < 0.5 else n - m
+                aug += "/edge"
+            else:
+                # at least 70 % inside the clip: a bird at the very edge would be a label error
+                lo, hi = -int(np.floor(0.3 * size)), n - int(np.ceil(0.7 * size))
+                start = int(rng.integers(lo, max(lo, hi) + 1))
+        a, b = max(0, start), min(n, start + x.size)
+        inside = x[a - start : b - start]
+        # the main bird's level is that of what the clip holds of it: its label rests on it
+        ref = active_power(inside if main else x, self.sr)
+        if ref <= 1e-18:
+            if main:
+                raise BootstrapError(f"{self.recipe.itemid}: the main bird ({tag}) is silent inside the clip")
+            return
+        gain = np.sqrt(self.p_bg * 10 ** (snr / 10) / ref) * (1 if rng.random() < 0.5 else -1)
+        part = gain * inside.astype(np.float64)
+        self.mix[a:b] += part
+        if self.recipe.components is not None:
+            full = np.zeros(n)
+            full[a:b] = part
+            self.recipe.components.append(full)
+        self.recipe.events.append(PlacedEvent(tag + aug, category, float(snr), start, start + x.size, bird, main))
+        self.recipe.parts.append(f"{tag}{aug}@{snr:+.0f}dB")
+
+    def finish(self) -> tuple[np.ndarray, ClipRecipe]:
+        rec, mix = self.recipe, self.mix
+        g = 10 ** (self.rng.uniform(*self.opts.gain_db) / 20)
+        peak = float(np.abs(mix).max()) * g
+        if peak > 0.98:
+            g *= 0.98 / peak
+            rec.parts.append("limited")
+        rec.gain = float(g)
+        named = rec._named
+        rec.category = named.category if named else (rec.bed_category or "noise")
+        return (mix * g).astype(np.float32), rec
 
 
 def mix_clip(
@@ -340,11 +635,20 @@ def mix_clip(
     sr: int,
     rng: np.random.Generator,
     opts: MixOptions,
+    *,
+    keep_components: bool = False,
 ) -> tuple[np.ndarray, ClipRecipe]:
-    """One clip: background, then events at random times and SNRs (see the module docstring)."""
-    n = int(round(opts.duration * sr))
+    """One clip: background, then events at random times and SNRs (see the module docstring).
+
+    A negative clip holds no bird sound at all (``others`` must hold none); a positive clip holds a main
+    bird at least ``opts.snr_floor_db`` over the background and at least 70 % inside the clip, and maybe
+    more birds, fainter or partial. ``keep_components`` keeps each part's signal in the recipe (tests).
+    """
+    if any(s.hasbird for s in others) or not all(s.hasbird for s in birds):
+        raise BootstrapError("mix_clip: a bird segment among the others, or a non-bird among the birds")
+    n = round(opts.duration * sr)
     recipe = ClipRecipe(itemid, int(hasbird))
-    kind = str(rng.choice(BACKGROUNDS))
+    kind = str(rng.choice(synthetic.BACKGROUNDS))
     level = 10 ** (rng.uniform(*opts.noise_dbfs) / 20)
     bg = background(kind, n, sr, rng) * level
     recipe.parts.append(f"noise:{kind}@{20 * np.log10(level):.0f}dBFS")
@@ -355,58 +659,44 @@ def mix_clip(
     if beds and rng.random() < opts.p_bed:
         bed = beds[int(rng.integers(len(beds)))]
         rel = rng.uniform(0.0, 15.0)  # the ambience sits above the noise floor
-        x = _loop_crop(bed.audio, n, rng)
+        x = _loop_crop(bed.audio, int(n * augment.semitones_to_ratio(max(opts.pitch_semitones))) + 2, rng)
+        x, aug = _augment(x, sr, rng, opts, ambience=True)
+        x = _loop_crop(x, n, rng)
         x *= level * 10 ** (rel / 20) / (np.sqrt(np.mean(x**2)) + 1e-12)
         bg = bg + x
-        recipe.parts.append(f"bed:{bed.name}@+{rel:.0f}dB")
-    p_bg = float(np.mean(bg**2))
-    mix = bg.astype(np.float64)
+        recipe.parts.append(f"bed:{bed.name}{aug}@+{rel:.0f}dB")
+        recipe.bed_category = bed.row.category
+    clip = _Clip(recipe, bg, sr, rng, opts, keep_components)
 
-    def place(x: np.ndarray, snr: float, tag: str, whole: bool = False) -> None:
-        nonlocal mix
-        if rng.random() < opts.p_lowpass:
-            cut = rng.uniform(3500.0, 5500.0)
-            x = _lowpass(x, sr, cut)
-            tag += f"/lp{cut / 1000:.1f}k"
-        if whole:
-            x = _loop_crop(x, n, rng)
-            start = 0
-        else:
-            x = x[:n]
-            # at least 70 % of the event inside the clip: a bird at the very edge would be a label error
-            lo = -int(0.3 * x.size)
-            hi = n - int(0.7 * x.size)
-            start = int(rng.integers(lo, max(lo + 1, hi + 1)))
-        gain = np.sqrt(p_bg * 10 ** (snr / 10) / (_active_power(x, sr) + 1e-20))
-        a, b = max(0, start), min(n, start + x.size)
-        mix[a:b] += gain * x[a - start : b - start] * (1 if rng.random() < 0.5 else -1)
-        recipe.parts.append(f"{tag}@{snr:+.0f}dB")
+    def extra_snr() -> float:
+        return float(rng.uniform(*(opts.faint_snr_db if rng.random() < opts.p_faint else opts.snr_db)))
 
     if hasbird:
-        if rng.random() < opts.p_synthetic_bird or not birds:
-            for _ in range(int(rng.integers(1, 4))):
-                kind_b = str(rng.choice(("chirp", "trill", "harmonic")))
+        synthetic_only = rng.random() < opts.p_synthetic_bird or not birds
+        kinds = _bird_kinds()
+        for i in range(int(rng.integers(opts.calls_per_clip[0], opts.calls_per_clip[1] + 1))):
+            main = i == 0
+            snr = float(rng.uniform(max(opts.snr_floor_db, opts.snr_db[0]), opts.snr_db[1])) if main else extra_snr()
+            if synthetic_only:
+                kind_b = str(rng.choice(kinds))
                 call, _, _ = bird_call(kind_b, sr, rng)
-                place(call, rng.uniform(*opts.snr_db), f"synthetic-{kind_b}")
-        else:
-            for _ in range(int(rng.integers(1, 4))):
+                clip.place(call, snr, f"synthetic-{kind_b}", "synthetic_bird", bird=True, main=main)
+            else:
                 s = birds[int(rng.integers(len(birds)))]
-                place(s.audio, rng.uniform(*opts.snr_db), f"bird:{s.name}", whole=s.is_bed)
+                clip.place(s.audio, snr, f"bird:{s.name}", s.row.category, bird=True, main=main, whole=s.is_bed)
                 if s.is_bed:
                     break  # a soundscape fills the clip
-        n_other = int(rng.integers(0, 3))
+        lo, hi = opts.distractors_positive
     else:
-        n_other = int(rng.choice([0, 1, 1, 2, 2, 3]))
+        lo, hi = opts.distractors_negative
     events = [s for s in others if not s.is_bed] or list(others)
-    for _ in range(n_other):
-        s = events[int(rng.integers(len(events)))]
-        place(s.audio, rng.uniform(*opts.snr_db), f"other:{s.name}")
-    mix *= 10 ** (rng.uniform(*opts.gain_db) / 20)
-    peak = float(np.abs(mix).max())
-    if peak > 0.98:
-        mix *= 0.98 / peak
-        recipe.parts.append("limited")
-    return mix.astype(np.float32), recipe
+    for _ in range(int(rng.integers(lo, hi + 1)) if events else 0):
+        s = _draw_distractor(events, rng, opts)
+        clip.place(s.audio, extra_snr(), f"other:{s.name}", s.row.category, bird=False)
+    return clip.finish()
+
+
+RECIPE_COLUMNS = ("itemid", "bird", "parts", "category", "snr_db")
 
 
 def write_fold(
@@ -420,7 +710,12 @@ def write_fold(
     *,
     prefix: str = "",
 ) -> Path:
-    """Mix ``n_clips`` clips from ``segments`` (one fold's) into ``outdir`` in the Bird Audio Detection layout."""
+    """Mix ``n_clips`` clips from ``segments`` (one fold's) into ``outdir`` in the Bird Audio Detection layout.
+
+    ``recipe.csv`` has one row per clip: ``itemid``, ``bird`` (the label), ``parts`` (what it is made of),
+    ``category`` (the category of its loudest bird, or for a negative of its loudest distractor, else of
+    its ambience, else ``noise``) and ``snr_db`` (that event's SNR; empty without one).
+    """
     import soundfile as sf
 
     name = outdir.name
@@ -428,19 +723,20 @@ def write_fold(
     rng = np.random.default_rng([seed, fold])
     birds = [s for s in segments if s.hasbird]
     others = [s for s in segments if not s.hasbird]
-    n_pos = int(round(opts.positive_rate * n_clips))
+    n_pos = round(opts.positive_rate * n_clips)
     labels = np.array([1] * n_pos + [0] * (n_clips - n_pos))
     rng.shuffle(labels)
     with open(outdir / f"{name}.csv", "w", newline="") as lf, open(outdir / "recipe.csv", "w", newline="") as rf:
         lw, rw = csv.writer(lf), csv.writer(rf)
         lw.writerow(["itemid", "datasetid", "hasbird"])
-        rw.writerow(["itemid", "bird", "parts"])  # not "hasbird": the folder must hold one label CSV
+        rw.writerow(RECIPE_COLUMNS)  # "bird", not "hasbird": the folder must hold one label CSV
         for i, y in enumerate(labels):
             itemid = f"{prefix}{name}_{i:04d}"
             x, rec = mix_clip(itemid, bool(y), birds, others, sr, rng, opts)
             sf.write(outdir / "wav" / f"{itemid}.wav", x, sr, subtype="PCM_16")
             lw.writerow([itemid, name, int(y)])
-            rw.writerow([itemid, int(y), " ".join(rec.parts)])
+            snr = rec.snr_db
+            rw.writerow([itemid, int(y), " ".join(rec.parts), rec.category, "" if snr is None else f"{snr:.1f}"])
     return outdir
 
 
