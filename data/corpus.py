@@ -273,10 +273,8 @@ def unpack_members(members: dict[str, list[str]], debs: dict[str, Path], dest: P
     """
     dest.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    for package, names in sorted(members.items()):
-        todo = [m for m in names if not (dest / m).exists()]
-        if not todo:
-            continue
+    work = {p: [m for m in names if not (dest / m).exists()] for p, names in sorted(members.items())}
+    for package, todo in _progress([(p, t) for p, t in work.items() if t], "unpack", "package"):
         deb = debs[package]
         tar = subprocess.Popen(["tar", "-x", "-C", str(dest), *[f"./{m}" for m in todo]],
                                stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)  # "Not found": refusals below
