@@ -359,7 +359,30 @@ def inversion_loss(
 #: values, reaches 1 by chance in the first epochs and stops training there (seen with 30 labels).
 MIN_VALIDATION_PER_CLASS = 5
 
+#: Fine-tuning steps ``FINE_TUNE_LR_FACTOR * lr`` by default: small steps keep a trained network near the
+#: solution it found while the new domain's clips move it.
+FINE_TUNE_LR_FACTOR = 0.3
+
 _CPU = torch.device("cpu")
+
+
+def batch_split(batch_size: int, labelled_share: float) -> tuple[int, int]:
+    """(labelled, unlabeled) items of a batch of ``batch_size`` with a ``labelled_share`` of labelled ones.
+
+    The labelled count is ``round(labelled_share * batch_size)``, kept between 1 and ``batch_size - 1`` so
+    that every batch holds both kinds.
+
+    Raises
+    ------
+    DetectorError
+        When ``batch_size < 2`` or ``labelled_share`` is not in (0, 1).
+    """
+    if int(batch_size) < 2:
+        raise DetectorError(f"batch size must be >= 2 (labelled and unlabeled items), got {batch_size}")
+    if not 0.0 < float(labelled_share) < 1.0:
+        raise DetectorError(f"labelled share must be in (0, 1), got {labelled_share}")
+    n_lab = min(max(round(float(labelled_share) * int(batch_size)), 1), int(batch_size) - 1)
+    return n_lab, int(batch_size) - n_lab
 
 
 def _pad_batch(seqs: Sequence[np.ndarray], device: torch.device = _CPU) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,6 +475,9 @@ class InversionDetector(Detector):
 
     Attributes
     ----------
+    adaptations_ : list of dict
+        After :meth:`fine_tune` (and in a saved model): one record per fine-tuning run (epochs, batch split,
+        step size, clip counts, and what the caller added, e.g. the recordings adapted to); empty after ``fit``.
     device : str
         Where ``fit`` and ``predict_proba`` compute (``"cpu"``, ``"cuda"``, ``"cuda:N"``); set it directly or
         through :func:`scatterbird.pipeline.device.detector_on`. Not a hyperparameter: it is neither saved nor
@@ -580,7 +606,6 @@ class InversionDetector(Detector):
         weights = self.loss_weights()
         use_unlab = unlabeled is not None and len(unlabeled) > 0 and bool(weights.entropy or any(weights.recon))
         unlab = check_sequences(unlabeled, n_channels, name="unlabeled") if use_unlab else []
-        use_recon = any(weights.recon)
 
         rng = np.random.default_rng(self.random_state)
         tr, va = self._split(y, rng)
@@ -595,13 +620,132 @@ class InversionDetector(Detector):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
             self.net_ = self._build_net(n_channels)  # initialised on the CPU: the same weights on any device
-        dev = torch.device(self.device)
-        net = self.net_.to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.adaptations_: list[dict[str, Any]] = []  # a new network: fine-tuned on nothing yet
         bl, bu = int(self.batch_labelled), int(self.batch_unlabelled) if use_unlab else 0
         steps = self.steps_per_epoch or max(
             math.ceil(len(tr) / bl), math.ceil(len(us) / bu) if use_unlab else 0
         )
+        self._train(
+            xs, y, tr, va, us, rng, weights=weights, lr=float(self.lr), epochs=int(self.max_epochs), batch=(bl, bu),
+            steps=int(steps), warmup_epochs=int(self.warmup_epochs), desc="train",
+        )
+        return self
+
+    def fine_tune(
+        self,
+        sequences: Sequence[np.ndarray],
+        labels: Sequence[int],
+        unlabeled: Sequence[np.ndarray],
+        *,
+        epochs: int = 5,
+        labelled_share: float = 0.5,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        steps_per_epoch: int | None = None,
+        random_state: int | None = None,
+        balance: float = 1.0,
+    ) -> InversionDetector:
+        """Continue training the fitted network on unlabeled clips of a new domain (domain adaptation).
+
+        The learned weights, the standardisation statistics and the architecture are kept; the inversion loss
+        goes on from there with every batch holding ``labelled_share`` labelled clips (cross-entropy and
+        reconstruction: they anchor the classes) and the rest unlabeled ones (entropy and reconstruction).
+        No validation split and no entropy warm-up: the labelled clips come from another domain than the one
+        adapted to, so their AUC cannot choose an epoch, and the network is not a random initialisation.
+
+        Parameters
+        ----------
+        sequences, labels
+            Labelled sequences (the anchor), both classes present.
+        unlabeled : sequence of ndarray
+            Sequences of the new domain.
+        epochs : int
+            Passes over the unlabeled sequences.
+        labelled_share : float
+            Share of each batch taken by labelled sequences, in (0, 1) (see :func:`batch_split`).
+        lr : float, optional
+            Step size; default ``FINE_TUNE_LR_FACTOR * lr``.
+        batch_size : int, optional
+            Items per batch; default ``batch_labelled + batch_unlabelled``.
+        steps_per_epoch : int, optional
+            Default: one pass over the unlabeled sequences.
+        random_state : int, optional
+            Seeds the batch order; default the detector's ``random_state``.
+        balance : float
+            Weight (relative to the entropy term's) of minus the entropy of the unlabeled items' mean prediction
+            (information maximisation). Without it the entropy term is minimised by calling every clip of the
+            new domain one class, which the labelled clips cannot prevent (the network tells the domains apart);
+            0 switches it off. It assumes the new domain holds both classes.
+
+        Returns
+        -------
+        self
+            With ``adaptations_`` extended by a record of this run (saved with the model).
+
+        Raises
+        ------
+        DetectorError
+            When the detector is not fitted, its loss ignores unlabeled clips, or an argument is out of range.
+        """
+        if not hasattr(self, "net_"):
+            raise DetectorError("this InversionDetector is not fitted yet; fit it before fine-tuning")
+        if int(epochs) < 1:
+            raise DetectorError(f"epochs must be >= 1, got {epochs}")
+        weights = self.loss_weights(self.net_.n_layers, self.net_.n_classes)
+        if not (weights.entropy or any(weights.recon)):
+            raise DetectorError(
+                "this detector's loss ignores unlabeled clips (entropy_weight=0 and recon_scale=0): nothing to adapt with"
+            )
+        seqs = check_sequences(sequences, self.n_channels_)
+        y = check_labels(labels, len(seqs))
+        unlab = check_sequences(unlabeled, self.n_channels_, name="unlabeled")
+        bl, bu = batch_split(int(batch_size or (int(self.batch_labelled) + int(self.batch_unlabelled))), labelled_share)
+        lr = FINE_TUNE_LR_FACTOR * float(self.lr) if lr is None else float(lr)
+        if not lr > 0:
+            raise DetectorError(f"lr must be > 0, got {lr}")
+        seed = int(self.random_state if random_state is None else random_state)
+        rng = np.random.default_rng(seed)
+        steps = int(steps_per_epoch or math.ceil(len(unlab) / bu))
+        # The fitted statistics, not the new domain's: the network's weights were learned on this scale.
+        xs, us = self._standardise(seqs), self._standardise(unlab)
+        every = np.arange(len(y))
+        self._train(xs, y, every, every[:0], us, rng, weights=weights, lr=lr, epochs=int(epochs), batch=(bl, bu),
+                    steps=steps, warmup_epochs=0, desc="adapt", balance=float(balance))
+        record = {"epochs": int(epochs), "labelled_share": bl / (bl + bu), "batch": [bl, bu], "lr": lr,
+                  "steps_per_epoch": steps, "n_labelled": len(y), "n_unlabeled": len(us), "random_state": seed,
+                  "balance": float(balance)}
+        self.adaptations_ = [*getattr(self, "adaptations_", []), record]
+        return self
+
+    def _train(
+        self,
+        xs: Sequence[np.ndarray],
+        y: np.ndarray,
+        tr: np.ndarray,
+        va: np.ndarray,
+        us: Sequence[np.ndarray],
+        rng: np.random.Generator,
+        *,
+        weights: LossWeights,
+        lr: float,
+        epochs: int,
+        batch: tuple[int, int],
+        steps: int,
+        warmup_epochs: int,
+        desc: str,
+        balance: float = 0.0,
+    ) -> None:
+        """The training loop of ``fit`` and ``fine_tune``, on ``self.net_`` as it is (standardised inputs).
+
+        Each step takes ``batch[0]`` labelled items of ``tr`` and ``batch[1]`` unlabeled ones of ``us``; with
+        validation indices ``va``, the best epoch's weights are kept (early stopping after ``patience``).
+        """
+        bl, bu = batch
+        use_unlab = bu > 0 and len(us) > 0
+        use_recon = any(weights.recon)
+        dev = torch.device(self.device)
+        net = self.net_.to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=self.weight_decay)
         lab_order = _Cycler(tr, rng)
         unl_order = _Cycler(np.arange(len(us)), rng) if use_unlab else None
 
@@ -609,18 +753,18 @@ class InversionDetector(Detector):
 
         self.history_: list[dict[str, float]] = []
         best_key, best_state, best_epoch, stale = None, None, -1, 0
-        bar = tqdm(range(int(self.max_epochs)), desc="train", unit="epoch", disable=not self.verbose, leave=False)
+        bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not self.verbose, leave=False)
         for epoch in bar:
             net.train()
-            ramp = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
+            ramp = min(1.0, epoch / warmup_epochs) if warmup_epochs else 1.0
             sums = {"total": 0.0, "ce": 0.0, "entropy": 0.0, "recon": 0.0}
             t0 = time.perf_counter()
             for _ in range(steps):
                 li = lab_order.take(bl)
-                batch = [xs[i] for i in li]
+                batch_items = [xs[i] for i in li]
                 if use_unlab:
-                    batch += [us[i] for i in unl_order.take(bu)]
-                x, lengths = _pad_batch(batch, dev)
+                    batch_items += [us[i] for i in unl_order.take(bu)]
+                x, lengths = _pad_batch(batch_items, dev)
                 target = torch.from_numpy(y[li]).to(dev)
                 if use_recon:
                     zs, Rs, lens = layer_reconstructions(net, x, lengths, create_graph=True)
@@ -630,6 +774,11 @@ class InversionDetector(Detector):
                 terms = inversion_loss(
                     zs, Rs, lens, target, weights, entropy_ramp=ramp, detach_target=self.detach_target
                 )
+                if balance and use_unlab:
+                    # minus the entropy of the unlabeled items' mean prediction: confident items, not one class
+                    mean_p = torch.softmax(zs[-1][bl:], dim=1).mean(0)
+                    terms["balance"] = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
+                    terms["total"] = terms["total"] - balance * weights.entropy * terms["balance"]
                 if self.ortho_penalty:
                     pen = (
                         weight_ortho_penalty(net.layers[-1].weight)
@@ -668,7 +817,6 @@ class InversionDetector(Detector):
         self.validation_auc_ = float(best_key[0]) if best_key is not None else None
         self.n_validation_ = int(len(va))
         net.eval()
-        return self
 
     @torch.no_grad()
     def _proba_standardised(self, xs: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
@@ -706,6 +854,8 @@ class InversionDetector(Detector):
         extra: dict[str, Any] = {"n_channels": self.n_channels_, "best_epoch": int(getattr(self, "best_epoch_", -1))}
         if getattr(self, "validation_auc_", None) is not None:  # only then: a model saved without it keeps its hash
             extra.update(validation_auc=float(self.validation_auc_), n_validation=int(self.n_validation_))
+        if getattr(self, "adaptations_", None):  # likewise: only an adapted model carries its record
+            extra["adaptations"] = list(self.adaptations_)
         return tensors, extra
 
     def _set_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
@@ -718,6 +868,7 @@ class InversionDetector(Detector):
         auc = extra.get("validation_auc")  # absent from models saved before it was recorded
         self.validation_auc_ = None if auc is None else float(auc)
         self.n_validation_ = int(extra.get("n_validation", 0))
+        self.adaptations_ = list(extra.get("adaptations", []))
 
 
 def _better(new: tuple[float, float], best: tuple[float, float]) -> bool:
