@@ -22,6 +22,7 @@ from scatterbird.pipeline.device import resolve_device
 from scatterbird.pipeline.evaluate.run import evaluate as evaluate_datasets
 from scatterbird.pipeline.frontend.audio import mono_at_rate
 from scatterbird.pipeline.frontend.inputs import find_audio
+from scatterbird.pipeline.train.adapt import AdaptReport, run_adapt
 from scatterbird.pipeline.train.training import TrainReport, run_train
 
 PathLike = Union[str, os.PathLike]
@@ -153,6 +154,56 @@ def train(
     inputs = {k: v for k, v in inputs.items() if v is not None}
     dev = str(resolve_device(device, option="device"))
     return run_train(output, model=kind, params=params, seed=seed, progress=progress, device=dev, **inputs, **options)
+
+
+def adapt(
+    recordings: PathLike | Sequence[PathLike],
+    output: PathLike,
+    *,
+    model: PathLike | None = None,
+    labelled: Sequence[PathLike] | None = None,
+    epochs: int = 5,
+    labelled_share: float = 0.5,
+    seed: int = 0,
+    progress: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> AdaptReport:
+    """Fine-tune an inversion model to a site from its unlabeled recordings (``scatterbird adapt``).
+
+    Parameters
+    ----------
+    recordings : path or sequence of paths
+        The site's recordings: files, directories (searched recursively), ``.txt`` path lists.
+    output : path
+        The adapted model file to write.
+    model : path, optional
+        The model to adapt; None for the bundled default model.
+    labelled : sequence of path, optional
+        Labelled folders (Bird Audio Detection layout) for the labelled share of every batch; default the
+        corpus cache, else synthetic clips.
+    epochs : int
+        Passes over the recordings' windows.
+    labelled_share : float
+        Share of every batch taken by labelled clips, in (0, 1).
+    seed : int
+        Seeds the batch order and the labelled draw.
+    progress : bool
+        Progress bars on stderr.
+    device : str
+        Where the features are computed and the network trains: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``
+        or ``"auto"``.
+    **options
+        Further options of :func:`scatterbird.pipeline.train.adapt.run_adapt` (lr, workers, cache_dir).
+
+    Returns
+    -------
+    AdaptReport
+    """
+    inputs = [recordings] if isinstance(recordings, (str, os.PathLike)) else list(recordings)
+    dev = str(resolve_device(device, option="device"))
+    return run_adapt(inputs, output, model=model, labelled=labelled, epochs=epochs, labelled_share=labelled_share,
+                     seed=seed, progress=progress, device=dev, **options)
 
 
 def evaluate(

@@ -28,6 +28,7 @@ from scatterbird.pipeline.frontend.features import extract_features
 from scatterbird.pipeline.frontend.inputs import find_audio
 from scatterbird.pipeline.output_files import prepare_output_dir
 from scatterbird.pipeline.threads import default_threads, use_threads
+from scatterbird.pipeline.train.adapt import run_adapt
 from scatterbird.pipeline.train.training import parse_params, run_train
 from scatterbird.version import __version__
 
@@ -268,6 +269,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if d.failed or incomplete else EXIT_OK
 
 
+# -- adapt ---------------------------------------------------------------------------------------------
+def cmd_adapt(args: argparse.Namespace) -> int:
+    report = run_adapt(
+        args.recordings, args.output, model=args.model, labelled=args.labelled, epochs=args.epochs,
+        labelled_share=args.labelled_share, lr=args.lr, seed=args.seed, workers=args.workers,
+        scheduler=args.scheduler, device=args.device, cache_dir=args.cache, progress=not args.quiet,
+    )
+    for note in report.notes:
+        print(f"adapt: warning: {note}", file=sys.stderr)
+    _report_problems(report.failed, "failed")
+    print(
+        f"adapt: {report.base_model} adapted on {report.n_windows} window(s) of {report.clip_s:g} s from "
+        f"{report.n_recordings} recording(s), with {report.n_labelled} labelled clip(s) ({report.n_labelled_birds} "
+        f"with birds) from {report.labelled_from}; mean score on the recordings {report.mean_score_before:.3f} "
+        f"before, {report.mean_score_after:.3f} after; model written to {report.model_path} "
+        f"(config {report.detector.feature_config.hash})"
+    )
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
 # -- evaluate / crossval -------------------------------------------------------------------------------
 def _print_datasets(datasets: Sequence[Dataset]) -> bool:
     """Print what was found; return True when some dataset is incomplete."""
@@ -455,6 +476,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     _add_feature_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "adapt",
+        help="fine-tune a model to your site from your own unlabeled recordings",
+        description=(
+            "Adapt a trained inversion model (default: the bundled one) to the recordings of a site: they are cut "
+            "into windows of the model's clip length (10 s) and its network goes on training on them with the "
+            "semi-supervised inversion loss (prediction entropy, reconstruction, a class-balance term), while every "
+            "batch keeps a share of labelled clips (--labelled folders in Bird Audio Detection layout; default: the corpus built by "
+            "scripts/build_corpus.py, else synthetic clips) so that the classes keep their meaning. The adapted "
+            "model keeps the feature configuration and records what it was adapted on. Exit status: 0 adapted, "
+            "1 adapted but some recordings could not be read, 2 usage or input error."
+        ),
+    )
+    p.add_argument("recordings", nargs="+", help="your recordings: files, directories (searched recursively) or "
+                                                   ".txt path lists")
+    p.add_argument("-o", "--output", required=True, help="adapted model file to write (e.g. model.pt)")
+    p.add_argument("--model", help="the model to adapt (default: the bundled data/default_model.pt)")
+    p.add_argument("--labelled", action="append", metavar="DIR",
+                   help="labelled folder in Bird Audio Detection layout for the labelled share (repeatable; "
+                        "default: the corpus cache, else synthetic clips)")
+    p.add_argument("--epochs", type=int, default=5, help="passes over your recordings' windows (default %(default)s)")
+    p.add_argument("--labelled-share", type=float, default=0.5,
+                   help="share of every batch taken by labelled clips, between 0 and 1 (default %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="step size (default: the model's own, lowered for fine-tuning)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the batch order and the labelled draw (default %(default)s)")
+    p.add_argument("--cache", help="feature cache folder (default: .cache next to the model file)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_options(p)
+    _add_device_option(p)
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser(
         "evaluate",
