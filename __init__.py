@@ -27,6 +27,7 @@ _API = {
     "detect": "scatterbird.api",
     "evaluate": "scatterbird.api",
     "train": "scatterbird.api",
+    "adapt": "scatterbird.api",
     "ScatterbirdError": "scatterbird.errors",
     "available_detectors": "scatterbird.models.registry",
     "build_detector": "scatterbird.models.registry",

@@ -189,7 +189,12 @@ class Segment:
 
     @property
     def is_bed(self) -> bool:
-        return self.row.dur is not None and self.row.dur >= BED_MIN_S
+        """A long cut, laid under a whole clip (looped and cropped), not placed as an event: a listed segment
+        of at least ``BED_MIN_S``, or a whole file that long (the training list's ambiences, music tracks and
+        bird soundscapes give no ``dur``)."""
+        if self.row.dur is not None:
+            return self.row.dur >= BED_MIN_S
+        return self.audio.size >= BED_MIN_S * self.sr
 
     @property
     def hasbird(self) -> int:

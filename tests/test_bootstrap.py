@@ -13,6 +13,7 @@ import pytest
 
 from scatterbird.data.augment import active_power
 from scatterbird.data.bootstrap import (
+    BED_MIN_S,
     HARD_CATEGORY_WEIGHTS,
     RECIPE_COLUMNS,
     MixOptions,
@@ -216,3 +217,12 @@ def test_write_fold_writes_labels_and_a_recipe_with_categories(tmp_path, segment
         assert (out / "wav" / f"{lab['itemid']}.wav").stat().st_size > 2 * SR
     again = write_fold(tmp_path / "again" / "fold0", 0, birds + others, 8, SR, 5, opts, prefix="u")
     assert (again / "recipe.csv").read_text() == (out / "recipe.csv").read_text()  # seeded
+
+
+def test_a_long_whole_file_is_a_bed_and_a_short_or_listed_cut_follows_its_duration():
+    rng = np.random.default_rng(3)
+    long_whole = segment("rain", 0, "weather", rng.standard_normal(int(BED_MIN_S * SR) + 1))
+    short_whole = segment("beep", 0, "ui", rng.standard_normal(int(BED_MIN_S * SR) - 1))
+    listed_short = segment("song", 0, "music", rng.standard_normal(int(2 * BED_MIN_S * SR)), dur=BED_MIN_S - 1)
+    assert long_whole.is_bed and not short_whole.is_bed
+    assert not listed_short.is_bed  # a listed segment's own duration decides, not the file's length
