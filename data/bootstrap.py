@@ -296,7 +296,6 @@ HARD_CATEGORY_WEIGHTS: dict[str, float] = {
 DEFAULT_CATEGORY_WEIGHT = 1.0
 
 #: Kinds of synthetic call used when data.synthetic does not list its own.
-_FALLBACK_BIRD_KINDS = ("chirp", "trill", "harmonic")
 
 
 @dataclass
@@ -414,7 +413,6 @@ class MixOptions:
 
 
 # The level measure of events (kept under its old name).
-_active_power = active_power
 
 
 def _loop_crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -440,8 +438,10 @@ def _power(x: np.ndarray) -> float:
     return float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
 
 
-def _augment(x: np.ndarray, sr: int, rng: np.random.Generator, opts: MixOptions, *, ambience: bool) -> tuple[np.ndarray, str]:
-    """One event's (or, ``ambience``, one clip-long sound's) augmentations; returns it and a tag suffix.
+def _augment(x: np.ndarray, sr: int, rng: np.random.Generator, opts: MixOptions, *,
+             ambience: bool) -> tuple[np.ndarray, str, int]:
+    """One event's (or, ``ambience``, one clip-long sound's) augmentations; returns it, a tag suffix and its
+    length before the reverberation (the sound itself: the rest is its tail).
 
     The same draws for either class: nothing here may tell a bird clip from another. An ambience gets only
     what does not change its length meaningfully or smear it (pitch, low-pass, band-limit, EQ).
@@ -477,11 +477,12 @@ def _augment(x: np.ndarray, sr: int, rng: np.random.Generator, opts: MixOptions,
         else:
             x = y
         tags += spectral
+    dry = x.size
     if not ambience and rng.random() < opts.p_reverb:
         rt60, drr = float(rng.uniform(*opts.rt60_s)), float(rng.uniform(*opts.drr_db))
         x = augment.reverberate(x, augment.reverb_ir(sr, rt60, drr, rng))
         tags.append(f"rv{rt60:.1f}s")
-    return x, "".join("/" + t for t in tags)
+    return x, "".join("/" + t for t in tags), dry
 
 
 def _draw_distractor(events: Sequence[Segment], rng: np.random.Generator, opts: MixOptions) -> Segment:
@@ -497,7 +498,7 @@ def _draw_distractor(events: Sequence[Segment], rng: np.random.Generator, opts: 
 
 
 def _bird_kinds() -> tuple[str, ...]:
-    return tuple(getattr(synthetic, "BIRD_KINDS", _FALLBACK_BIRD_KINDS))
+    return tuple(synthetic.BIRD_KINDS)
 
 
 @dataclass
@@ -527,6 +528,7 @@ class PlacedEvent:
     stop: int
     bird: bool
     main: bool = False
+    body: int = 0  # samples of the sound itself from ``start``, before its reverberation tail (0: stop - start)
 
 
 @dataclass
@@ -579,11 +581,12 @@ class _Clip:
         n, rng, opts = self.n, self.rng, self.opts
         if whole:  # a soundscape or ambience fills the clip
             x = _loop_crop(x, int(n * augment.semitones_to_ratio(max(opts.pitch_semitones))) + 2, rng)
-            x, aug = _augment(x, self.sr, rng, opts, ambience=True)
+            x, aug, _ = _augment(x, self.sr, rng, opts, ambience=True)
             x, start = _loop_crop(x, n, rng), 0
+            body = x.size
         else:
             # cut long sounds to the clip first: the augmentations then cost what a clip costs
-            x, aug = _augment(_crop(x, n, rng), self.sr, rng, opts, ambience=False)
+            x, aug, dry = _augment(_crop(x, n, rng), self.sr, rng, opts, ambience=False)
             edge = False
             if not main and rng.random() < opts.p_partial:
                 if rng.random() < 0.5:
@@ -592,14 +595,16 @@ class _Clip:
                 else:
                     edge = True
             x = x[:n]  # pitch down and reverb lengthen a sound
-            size = x.size
+            size = body = x.size
             if edge:
                 m = max(1, round(rng.uniform(*opts.partial_keep) * size))
                 start = m - size if rng.random() < 0.5 else n - m
                 aug += "/edge"
             else:
-                # at least 70 % inside the clip: a bird at the very edge would be a label error
-                lo, hi = -int(np.floor(0.3 * size)), n - int(np.ceil(0.7 * size))
+                # at least 70 % inside the clip: a bird at the very edge would be a label error. The share is of
+                # the sound before its reverberation: a reverberant call pushed out must not leave only its tail
+                body = min(size, dry)
+                lo, hi = -int(np.floor(0.3 * body)), n - int(np.ceil(0.7 * body))
                 start = int(rng.integers(lo, max(lo, hi) + 1))
         a, b = max(0, start), min(n, start + x.size)
         inside = x[a - start : b - start]
@@ -616,7 +621,7 @@ class _Clip:
             full = np.zeros(n)
             full[a:b] = part
             self.recipe.components.append(full)
-        self.recipe.events.append(PlacedEvent(tag + aug, category, float(snr), start, start + x.size, bird, main))
+        self.recipe.events.append(PlacedEvent(tag + aug, category, float(snr), start, start + x.size, bird, main, body))
         self.recipe.parts.append(f"{tag}{aug}@{snr:+.0f}dB")
 
     def finish(self) -> tuple[np.ndarray, ClipRecipe]:
@@ -665,7 +670,7 @@ def mix_clip(
         bed = beds[int(rng.integers(len(beds)))]
         rel = rng.uniform(0.0, 15.0)  # the ambience sits above the noise floor
         x = _loop_crop(bed.audio, int(n * augment.semitones_to_ratio(max(opts.pitch_semitones))) + 2, rng)
-        x, aug = _augment(x, sr, rng, opts, ambience=True)
+        x, aug, _ = _augment(x, sr, rng, opts, ambience=True)
         x = _loop_crop(x, n, rng)
         x *= level * 10 ** (rel / 20) / (np.sqrt(np.mean(x**2)) + 1e-12)
         bg = bg + x

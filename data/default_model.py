@@ -1,8 +1,8 @@
 """The bundled default detector: where it is, what it was trained on, and loading it offline.
 
 ``data/default_model.pt`` holds the weights (the safe format of :mod:`scatterbird.models.base`); ``data/default_model.json``
-says what they were trained on, how, and their leave-source-out validation AUC. Both are written by
-``scripts/train_default_model.py``. ``detect``, ``evaluate`` and ``analyze`` use this model when no
+says what they were trained on (the corpus's packages and hashes), the recipe, and every validation number
+(leave-package-out and leave-source-out). Both are written by ``scripts/validate_detection.py --final``. ``detect``, ``evaluate`` and ``analyze`` use this model when no
 ``--model`` is given; :func:`scatterbird.models.registry.default_detector` loads it.
 """
 

@@ -250,6 +250,8 @@ def _state_with_temperature(get_state: Callable[..., Any]) -> Callable[..., Any]
     @functools.wraps(get_state)
     def wrapper(self: Detector) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, extra = get_state(self)
+        if type(self)._get_state is not wrapper:  # the outermost class adds it, once
+            return tensors, extra
         if self._temperature != 1.0:  # at 1 the extra state, and so the file and the hash, stay as they were
             extra = {**extra, TEMPERATURE_KEY: float(self._temperature)}
         return tensors, extra
@@ -271,7 +273,20 @@ def _state_setting_temperature(set_state: Callable[..., Any]) -> Callable[..., A
     return wrapper
 
 
+def _training_drops_temperature(train: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit`` and ``fine_tune`` change the scores: a temperature fitted to the old ones no longer holds."""
+
+    @functools.wraps(train)
+    def wrapper(self: Detector, *args: Any, **kwargs: Any) -> Any:
+        self._temperature = 1.0
+        return train(self, *args, **kwargs)
+
+    return wrapper
+
+
 _WRAPPED = {
+    "fit": _training_drops_temperature,
+    "fine_tune": _training_drops_temperature,
     "predict_proba": _tempered_predict_proba,
     "_get_state": _state_with_temperature,
     "_set_state": _state_setting_temperature,

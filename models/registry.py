@@ -32,7 +32,7 @@ _CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
 
 NO_DEFAULT_MODEL = (
     "no model given and the bundled default model {path} is missing; train one with `scatterbird train LABELLED_DIR -o model.pt` "
-    "and give it with --model, or rebuild the bundled one with `python scripts/train_default_model.py`"
+    "and give it with --model, or rebuild the bundled one (`python scripts/build_corpus.py`, then `python scripts/validate_detection.py --recipe R --final R`)"
 )
 
 

@@ -178,7 +178,7 @@ def category_rates(categories: list[str], labels: np.ndarray, scores: np.ndarray
     return out
 
 
-def summarise(folds: list[Fold], per_fold: list[dict], min_conf: float, seed: int) -> dict:
+def summarise(per_fold: list[dict], min_conf: float, seed: int) -> dict:
     y = np.concatenate([np.asarray(f["labels"]) for f in per_fold])
     s = np.concatenate([np.asarray(f["scores"]) for f in per_fold])
     cats = [c for f in per_fold for c in f["categories"]]
@@ -213,15 +213,17 @@ def run_recipe(name: str, recipe: Recipe, folds: list[Fold], train_folds: list[F
     torch.manual_seed(seed)
     test = [feats.get(recipe, f.clips, f"{f.name} test") for f in folds]
     if recipe.previous_model:
-        det = load_detector(PREVIOUS_MODEL if PREVIOUS_MODEL.is_file() else None)
+        if not PREVIOUS_MODEL.is_file():  # never the bundled model: after --final it has heard every fold
+            raise SystemExit(f"{PREVIOUS_MODEL} is missing: copy the previously bundled model there first")
+        det = load_detector(PREVIOUS_MODEL)
         per_fold = []
         for f, seqs in zip(folds, test):
             xs, ys, keep = _usable(seqs, f.clips)
             per_fold.append({"name": f.name, "bird_packages": f.bird_packages, "labels": ys,
                              "scores": score_sequences(det, xs), "categories": [f.categories[i] for i in keep]})
-        return summarise(folds, per_fold, min_conf, seed) | {"per_fold_scores": None}
+        return summarise(per_fold, min_conf, seed) | {"model_hash": det.model_hash}
     train = test if train_folds is folds else [feats.get(recipe, f.clips, f"{f.name} train") for f in train_folds]
-    unl = [feats.get(recipe, f.unlabelled, f"{f.name} unlabelled") if recipe.semi or adapt else [] for f in train_folds]
+    unl = [feats.get(recipe, f.unlabelled, f"{f.name} unlabelled") if recipe.semi else [] for f in train_folds]
     rng = np.random.default_rng(seed)
     per_fold, adapted = [], []
     for k, f in enumerate(folds):
@@ -250,14 +252,14 @@ def run_recipe(name: str, recipe: Recipe, folds: list[Fold], train_folds: list[F
         if adapt:  # the held-out fold's own unlabelled audio given to `adapt`, scored again
             from scatterbird.pipeline.train.adapt import adapt_detector
 
-            site = [s for s in unl[k] if s is not None]
+            site = [s for s in feats.get(recipe, f.unlabelled, f"{f.name} site") if s is not None]
             tuned = adapt_detector(det, site, xs, np.array(ys), seed=seed)  # a copy: det is left as it was
             adapted.append({"name": f.name, "bird_packages": f.bird_packages, "labels": ty,
                             "scores": score_sequences(tuned, tx), "categories": per_fold[-1]["categories"]})
             print(f"  {name} fold {f.name} adapted: AUC {roc_auc(ty, adapted[-1]['scores']):.3f}", file=sys.stderr)
-    out = summarise(folds, per_fold, min_conf, seed)
+    out = summarise(per_fold, min_conf, seed)
     if adapt:
-        out["adapted"] = summarise(folds, adapted, min_conf, seed)
+        out["adapted"] = summarise(adapted, min_conf, seed)
     return out
 
 
@@ -274,8 +276,8 @@ def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, 
 
     recipe = RECIPES[name]
     saved = results.get("package", {}).get(name)
-    if saved is None or saved.get("key") != recipe.key():
-        raise SystemExit(f"validate {name} leave-package-out first (--recipe {name})")
+    if saved is None or saved.get("key") != recipe.key() or saved.get("seed", 0) != seed:
+        raise SystemExit(f"validate {name} leave-package-out with --seed {seed} first (--recipe {name})")
     if recipe.features != "scatter" or recipe.previous_model or recipe.train_build:
         raise SystemExit(f"{name} cannot be bundled: the pipeline runs scattering features only")
     torch.manual_seed(seed)
@@ -318,6 +320,7 @@ def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, 
             "packages": {p: {k: v[k] for k in ("version", "sha256", "size")} | {"deb": Path(v["deb"]).name}
                          for p, v in sorted(info["packages"].items())},
             "lists_sha256": {Path(k).name: v for k, v in info["lists"].items()},
+            "bird_packages": info["bird_packages"],
             "refused": info["refused"],
             "folds": info["folds"],
             "clips_per_fold": info["clips_per_fold"],
@@ -436,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.recipe or []:
             recipe = RECIPES[name]
             path = work / "validation" / scheme / f"{name}.json"
-            if path.is_file() and not args.force and json.loads(path.read_text()).get("key") == recipe.key() \
-                    and (not args.adapt or "adapted" in json.loads(path.read_text())["result"]):
+            # adapt needs a model that learns from unlabelled clips, trained on this build
+            adapt = args.adapt and recipe.semi and not recipe.previous_model and not recipe.train_build
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            if saved and not args.force and saved.get("key") == recipe.key() and saved.get("seed", 0) == args.seed \
+                    and (not adapt or "adapted" in saved["result"]):
                 print(f"{scheme}/{name}: saved result reused", file=sys.stderr)
                 continue
             train_folds = folds
@@ -448,15 +454,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 other_info = load_build(other)
                 train_folds = load_folds(other_info, scheme)
-                if [f.get("packages") for f in other_info["schemes"][scheme]["folds"]] != \
-                        [f.get("packages") for f in info["schemes"][scheme]["folds"]]:
+                if [(f.get("packages"), f.get("source_files")) for f in other_info["schemes"][scheme]["folds"]] != \
+                        [(f.get("packages"), f.get("source_files")) for f in info["schemes"][scheme]["folds"]]:
                     raise SystemExit(f"{other}: its {scheme} folds are not those of {work}")
             print(f"{scheme}/{name}: {recipe.note}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             result = run_recipe(name, recipe, folds, train_folds, feats, seed=args.seed, min_conf=args.min_conf,
-                                adapt=args.adapt)
+                                adapt=adapt)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": recipe.key(), "recipe": recipe.__dict__, "note": recipe.note,
+            path.write_text(json.dumps({"key": recipe.key(), "seed": args.seed, "recipe": recipe.__dict__, "note": recipe.note,
                                         "seconds": round(time.perf_counter() - t0), "result": result}, indent=1,
                                        default=str) + "\n")
             print(f"{scheme}/{name}: pooled AUC {result['pooled_roc_auc']:.3f} {result['pooled_ci95']}",

@@ -100,7 +100,9 @@ def test_positive_clips_hold_a_main_bird_over_the_floor_mostly_inside(mixed):
         e, comp = mains[0]
         assert e.bird and e.category in BIRD_CATEGORIES
         a, b = max(0, e.start), min(N, e.stop)
-        assert (b - a) / (e.stop - e.start) >= 0.7
+        # at least 70 % of the sound itself (before any reverberation tail) lies inside the clip
+        assert 0 < e.body <= e.stop - e.start
+        assert (min(N, e.start + e.body) - a) / e.body >= 0.7
         # the SNR recomputed from what was mixed in: the main bird's part in the clip against the background
         snr = 10 * np.log10(active_power(comp[a:b], SR) / np.mean(rec.background**2))
         assert snr == pytest.approx(e.snr_db, abs=1e-3)
@@ -226,3 +228,17 @@ def test_a_long_whole_file_is_a_bed_and_a_short_or_listed_cut_follows_its_durati
     listed_short = segment("song", 0, "music", rng.standard_normal(int(2 * BED_MIN_S * SR)), dur=BED_MIN_S - 1)
     assert long_whole.is_bed and not short_whole.is_bed
     assert not listed_short.is_bed  # a listed segment's own duration decides, not the file's length
+
+
+def test_a_reverberant_main_bird_is_placed_by_its_sound_not_its_tail(segments):
+    # long tails on every event: placing by the reverberated length would let the call itself leave the clip
+    birds, others = segments
+    opts = MixOptions(duration=DURATION, p_reverb=1.0, rt60_s=(1.4, 1.5), drr_db=(-3.0, -2.0))
+    rng = np.random.default_rng(7)
+    tails = 0
+    for i in range(60):
+        _, rec = mix_clip(f"r{i}", True, birds, others, SR, rng, opts)
+        e = rec.main
+        tails += e.body < e.stop - e.start
+        assert (min(N, e.start + e.body) - max(0, e.start)) / e.body >= 0.7, e
+    assert tails > 30  # the tails were there to be mistaken for the call

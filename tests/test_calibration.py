@@ -284,3 +284,14 @@ def test_no_ece_for_hidden_labels_or_scores_that_are_not_probabilities(tmp_path)
     write_outputs(run, tmp_path / "out", {})
     assert not (tmp_path / "out" / "reliability.png").exists()
     assert math.isnan(expected_calibration_error([], []))
+
+
+def test_training_again_drops_the_temperature_fitted_to_the_old_scores():
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((20, 3)).astype(np.float32) + (i % 2) for i in range(40)]
+    y = np.array([i % 2 for i in range(40)])
+    det = SimpleDetector().fit(xs, y)
+    det.temperature = 2.5
+    assert det._get_state()[1]["calibration_temperature"] == 2.5
+    det.fit(xs, y)
+    assert det.temperature == 1.0 and "calibration_temperature" not in det._get_state()[1]

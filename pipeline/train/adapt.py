@@ -142,6 +142,7 @@ def adapt_detector(
         raise TrainingError(f"the labelled set must hold both bird (1) and no-bird (0) clips; it holds {sorted(set(y.tolist()))}")
     dev = str(resolve_device(device, option="device"))
     det = copy.deepcopy(detector)
+    old_t = float(getattr(det, "temperature", 1.0))  # fine_tune drops it: fitted to the old network's scores
     det.verbose = bool(progress)
     try:
         with detector_on(det, dev):
@@ -150,9 +151,7 @@ def adapt_detector(
     finally:
         det.verbose = detector.verbose  # a display option: the saved model reads as the original did
     det.feature_config = detector.feature_config
-    old_t = float(getattr(det, "temperature", 1.0))
-    if old_t != 1.0:  # fitted to the old network's scores: it says nothing about the adapted one's
-        det.temperature = 1.0
+    if old_t != 1.0:
         det.adaptations_[-1]["dropped_calibration_temperature"] = old_t
     return det
 
