@@ -21,7 +21,7 @@ from scatterbird.data.default_model import DEFAULT_MODEL_PATH
 from scatterbird.errors import DetectorError, FeatureConfigMismatch
 
 # Imported for their side effect: each detector class registers its kind with Detector.
-from scatterbird.models import inversion, rntk  # noqa: F401
+from scatterbird.models import ensemble, inversion, rntk  # noqa: F401
 from scatterbird.models.base import MODEL_FORMAT, Detector
 from scatterbird.pipeline.config import FeatureConfig
 
