@@ -318,7 +318,7 @@ def _page(summary: dict, figures: list[str]) -> dict[str, Any]:
         "title": "scatterbird spline analysis",
         "heading": "Spline analysis of a detector",
         "provenance": {
-            "model": {"kind": str(m["kind"]), "hash": m["model_hash"], "path": str(m["path"]), "note": None} if m else None,
+            "model": {"kind": str(m["kind"]), "hash": m["model_hash"], "path": str(m["path"]), "note": m.get("note")} if m else None,
             "config": {"hash": m["feature_config_hash"], "details": None} if m and m.get("feature_config_hash") else None,
             "written": written_at(),
         },

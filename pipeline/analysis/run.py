@@ -33,6 +33,7 @@ from torch import nn
 
 from scatterbird.data import user_cache_dir
 from scatterbird.errors import AnalysisError, DatasetError
+from scatterbird.models.ensemble import EnsembleDetector
 from scatterbird.models.registry import default_model_path, load_detector
 from scatterbird.models.spline.affine import template_stats
 from scatterbird.models.spline.betavq import DEFAULT_BETAS, beta_sweep
@@ -126,6 +127,20 @@ def spline_model(model: Any, *, n_channels: int | None = None) -> SplineModel:
             raise AnalysisError("a bare network needs n_channels")
         mean, std = np.zeros(int(c)), np.ones(int(c))
     return SplineModel(view, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+
+
+def analysed_detector(det: Any) -> tuple[Any, str | None]:
+    """The detector whose network is analysed, and a note when it is not ``det`` itself.
+
+    An ensemble (:class:`scatterbird.models.ensemble.EnsembleDetector`) has one network per member and no
+    single spline partition: its first member is analysed.
+    """
+    members = getattr(det, "members_", None) if isinstance(det, EnsembleDetector) else None
+    if not members:
+        return det, None
+    first = members[0]
+    return first, (f"an ensemble of {len(members)} {first.kind} detectors: member 0 is analysed "
+                   f"(hash {first.model_hash}); the ensemble scores with the mean of its members")
 
 
 # -- the clips ------------------------------------------------------------------------------------------
@@ -661,7 +676,8 @@ def analyze_inputs(
     det = load_detector(model_path)
     model_path = Path(model_path) if model_path is not None else default_model_path()
     config = det.feature_config or FeatureConfig()
-    model = spline_model(det)  # refuse a model without a piecewise-affine network before any audio work
+    analysed, note = analysed_detector(det)
+    model = spline_model(analysed)  # refuse a model without a piecewise-affine network before any audio work
     cache = cache_dir if cache_dir is not None else user_cache_dir() / "features"
     clips = load_clips(
         inputs, config, labels_csv=labels_csv, extensions=extensions, cache_dir=cache, min_clips=MIN_CLIPS,
@@ -672,6 +688,8 @@ def analyze_inputs(
             f"at least {MIN_CLIPS} clips are needed, {len(clips.sequences)} could be read{_not_used(clips.problems)}"
         )
     say = (lambda msg: print(f"analyze: {msg}", file=sys.stderr, flush=True)) if progress else None
+    if note and say:
+        say(note)
     analysis = run_analysis(model, clips, options, progress=say)
     analysis.summary["model"] = {
         "path": os.fspath(model_path),
@@ -679,6 +697,8 @@ def analyze_inputs(
         "model_hash": det.model_hash,
         "feature_config_hash": config.hash,
     }
+    if note:
+        analysis.summary["model"]["note"] = note
     analysis.summary["problems"] = [{"path": p, "reason": r} for p, r in clips.problems]
     written = write_report(outdir, analysis)
     return analysis, written, clips

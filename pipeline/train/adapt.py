@@ -31,6 +31,7 @@ from scatterbird.data.corpus import fold_dirs, load_build
 from scatterbird.data.default_model import default_model_info
 from scatterbird.data.synthetic import write_dataset
 from scatterbird.errors import BootstrapError, OptionError, TrainingError
+from scatterbird.models.ensemble import EnsembleDetector
 from scatterbird.models.inversion import InversionDetector
 from scatterbird.models.registry import describe_model, load_detector
 from scatterbird.pipeline.clip_features import FeatureCache, compute_features
@@ -70,19 +71,34 @@ def check_adapt_options(epochs: int, labelled_share: float, lr: float | None = N
         raise OptionError(f"lr must be > 0, got {lr}")
 
 
-def check_adaptable(detector: Any) -> InversionDetector:
-    """The detector, if it can adapt (an inversion detector); OptionError naming its kind otherwise."""
+def check_adaptable(detector: Any) -> InversionDetector | EnsembleDetector:
+    """The detector, if it can adapt: an inversion detector, or an ensemble of them; OptionError otherwise."""
+    if isinstance(detector, EnsembleDetector):
+        members = getattr(detector, "members_", [])
+        if not members:
+            raise OptionError("this ensemble has no fitted members; fit it before adapting")
+        if all(isinstance(m, InversionDetector) for m in members):
+            return detector
     if not isinstance(detector, InversionDetector):
-        kind = getattr(detector, "kind", type(detector).__name__)
+        if isinstance(detector, EnsembleDetector):
+            what = f"an ensemble of {detector.members_[0].kind!r} detectors"
+        else:
+            what = f"a {getattr(detector, 'kind', type(detector).__name__)!r} detector"
         raise OptionError(
-            f"only inversion detectors can adapt (their loss uses unlabeled recordings); this model is a {kind!r} "
-            "detector"
+            "only inversion detectors (or ensembles of them) can adapt (their loss uses unlabeled recordings); "
+            f"this model is {what}"
         )
     return detector
 
 
+def adaptation_records(detector: Any) -> list[dict[str, Any]]:
+    """The last adaptation record of an adapted detector, or of each member of an adapted ensemble."""
+    parts = detector.members_ if isinstance(detector, EnsembleDetector) else [detector]
+    return [m.adaptations_[-1] for m in parts]
+
+
 def adapt_detector(
-    detector: InversionDetector,
+    detector: InversionDetector | EnsembleDetector,
     unlabeled: Sequence[np.ndarray],
     labelled: Sequence[np.ndarray],
     labels: np.ndarray | Sequence[int],
@@ -94,12 +110,15 @@ def adapt_detector(
     device: str = "cpu",
     progress: bool = False,
     balance: float = 1.0,
-) -> InversionDetector:
+) -> InversionDetector | EnsembleDetector:
     """A copy of ``detector`` fine-tuned on ``unlabeled`` sequences with ``labelled`` ones in every batch.
+
+    An ensemble of inversion detectors is adapted member by member, each with the same sequences and
+    options, member ``i`` with the seed ``seed + i``; the result is an ensemble of the adapted copies.
 
     Parameters
     ----------
-    detector : InversionDetector
+    detector : InversionDetector or EnsembleDetector
         A fitted detector; it is not changed.
     unlabeled : sequence of ndarray
         Sequences (n_frames, n_channels) of the user's recordings, in the detector's feature configuration.
@@ -112,7 +131,7 @@ def adapt_detector(
     lr : float, optional
         Step size (default: the detector's, lowered; see ``FINE_TUNE_LR_FACTOR``).
     seed : int
-        Seeds the batch order.
+        Seeds the batch order (of member ``i`` of an ensemble: ``seed + i``).
     device : str
         Where it trains (:func:`scatterbird.pipeline.device.resolve_device`); the result lives on the CPU.
     progress : bool
@@ -122,14 +141,15 @@ def adapt_detector(
 
     Returns
     -------
-    InversionDetector
-        The adapted copy, its feature configuration kept, with a record in ``adaptations_``; a calibration
-        temperature of the original is dropped (recalibrate on labelled clips of the site if needed).
+    InversionDetector or EnsembleDetector
+        The adapted copy, its feature configuration kept, with a record in ``adaptations_`` (of every member of
+        an ensemble); a calibration temperature of the original is dropped (recalibrate on labelled clips of
+        the site if needed).
 
     Raises
     ------
     OptionError
-        For a detector that is not an inversion detector, or options out of range.
+        For a detector that is not an inversion detector or an ensemble of them, or options out of range.
     TrainingError
         For no unlabeled sequence or a labelled set without both classes.
     """
@@ -141,6 +161,9 @@ def adapt_detector(
     if set(np.unique(y).tolist()) != {0, 1}:
         raise TrainingError(f"the labelled set must hold both bird (1) and no-bird (0) clips; it holds {sorted(set(y.tolist()))}")
     dev = str(resolve_device(device, option="device"))
+    if isinstance(detector, EnsembleDetector):
+        return _adapt_ensemble(detector, unlabeled, labelled, y, epochs=epochs, labelled_share=labelled_share,
+                               lr=lr, seed=seed, device=dev, progress=progress, balance=balance)
     det = copy.deepcopy(detector)
     old_t = float(getattr(det, "temperature", 1.0))  # fine_tune drops it: fitted to the old network's scores
     det.verbose = bool(progress)
@@ -154,6 +177,21 @@ def adapt_detector(
     if old_t != 1.0:
         det.adaptations_[-1]["dropped_calibration_temperature"] = old_t
     return det
+
+
+def _adapt_ensemble(ensemble: EnsembleDetector, unlabeled: Sequence[np.ndarray], labelled: Sequence[np.ndarray],
+                    y: np.ndarray, *, seed: int, **options: Any) -> EnsembleDetector:
+    """An ensemble's copy whose members are adapted copies of its members (member ``i`` seeded ``seed + i``)."""
+    members = [adapt_detector(m, unlabeled, labelled, y, seed=int(seed) + i, **options)
+               for i, m in enumerate(ensemble.members_)]
+    out = copy.copy(ensemble)  # the hyperparameters and settings; the members are replaced, never shared
+    out.members_ = members
+    out.temperature = 1.0  # fitted to the old members' mean: it no longer holds
+    out.feature_config = ensemble.feature_config
+    if ensemble.temperature != 1.0:
+        for rec in adaptation_records(out):
+            rec["dropped_calibration_temperature"] = float(ensemble.temperature)
+    return out
 
 
 # -- where the labelled share comes from -----------------------------------------------------------------
@@ -207,7 +245,7 @@ class AdaptReport:
     """What ``run_adapt`` did."""
 
     model_path: Path
-    detector: InversionDetector
+    detector: InversionDetector | EnsembleDetector
     base_model: str
     clip_s: float
     n_recordings: int
@@ -224,7 +262,8 @@ class AdaptReport:
 def model_clip_seconds(detector: Any, model: str | os.PathLike | None) -> float:
     """The clip length the model was trained on: recorded by an earlier adaptation, in the bundled model's
     description, else ``DEFAULT_CLIP_S``."""
-    for rec in reversed(getattr(detector, "adaptations_", []) or []):
+    first = detector.members_[0] if isinstance(detector, EnsembleDetector) else detector
+    for rec in reversed(getattr(first, "adaptations_", []) or []):
         if rec.get("clip_s"):
             return float(rec["clip_s"])
     if model is None:
@@ -332,10 +371,9 @@ def run_adapt(
 
     adapted = adapt_detector(base, windows, [ok[c.path] for c in used], y, epochs=epochs,
                              labelled_share=labelled_share, lr=lr, seed=seed, device=dev, progress=progress)
-    adapted.adaptations_[-1].update(
-        base_model=describe_model(model), base_model_hash=base.model_hash, clip_s=clip_s,
-        recordings=len(unl.paths), windows=len(windows), labelled_from=source,
-    )
+    for rec in adaptation_records(adapted):
+        rec.update(base_model=describe_model(model), base_model_hash=base.model_hash, clip_s=clip_s,
+                   recordings=len(unl.paths), windows=len(windows), labelled_from=source)
     adapted.save(out)
     with detector_on(base, dev), detector_on(adapted, dev):
         before, after = float(base.predict_proba(windows).mean()), float(adapted.predict_proba(windows).mean())
