@@ -155,7 +155,7 @@ def test_cli_kind_and_its_deprecated_alias(tmp_path, capsys, monkeypatch):
                       "use --kind rntk")
     assert err[1] == "scatterbird train: error: stopped before any work"
     assert main(args) == 2
-    assert calls == [("rntk", 0.25), ("rntk", 0.25), ("inversion", 0.0)]
+    assert calls == [("rntk", 0.25), ("rntk", 0.25), ("inversion", cli.INVERSION_DEFAULT_POOL_S)]
     for bad in (["--kind", "nope"], ["--model", "model.pt"]):
         with pytest.raises(SystemExit) as exit_info:
             main(args + bad)
@@ -233,7 +233,7 @@ def test_train_end_to_end_from_the_command_line(dataset, warm, tmp_path, capsys)
     model = tmp_path / "out" / "model.pt"
     shutil.copytree(warm[0], model.parent / ".cache")  # the default cache place: next to the model
     args = ["train", str(dataset / "bad"), "--unlabeled", str(dataset / "unl" / "wav"), "-o", str(model),
-            "--order", "1", "--threshold", "none", "--window", "5", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
+            "--order", "1", "--threshold", "none", "--window", "5", "--pool", "0", "--param", "max_epochs=3", "--param", "widths=[8, 8]", "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "16 labelled clip(s)" in out and "6 unlabeled window(s)" in out and "18 from the cache, 0 computed" in out
