@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,10 +62,20 @@ class Recipe:
     train_fraction: float = 1.0  # share of each training fold's labelled clips (data-size ablation)
     train_build: str = ""  # another corpus build (folder) whose same-numbered folds are trained on (ablations)
     previous_model: bool = False  # score the previously bundled model instead of training
+    seed_offset: int = 0  # another initialisation and batch order of the same recipe
+    members: tuple[str, ...] = ()  # an ensemble: the mean of these saved rows' scores (nothing trained)
     note: str = ""
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """Identifies a saved result: what was computed (not the note). Fields added later count only when set,
+        so older results stay valid."""
+        fields = {k: v for k, v in self.__dict__.items()
+                  if k != "note" and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+#: Recipe fields added after the first results were saved, with their defaults.
+_LATER_FIELDS: dict[str, Any] = {"seed_offset": 0, "members": ()}
 
 
 _NET = {"max_epochs": 12, "patience": 3, "warmup_epochs": 2}
@@ -81,13 +92,18 @@ RECIPES: dict[str, Recipe] = {
                                            note="cross-entropy, 300 labelled clips per fold (the ablations' size)"),
     "supervised-none-no-augment": Recipe(params={**_NET, "recon_scale": 0.0, "entropy_weight": 0.0}, semi=False,
                                          train_build="corpus-noaug",
-                                         note="as the row above, mixed without the new augmentations (same sources)"),
+                                         note="as supervised-none-quarter-data, mixed without the new augmentations (same sources and folds)"),
     "supervised-none-no-hard-negatives": Recipe(params={**_NET, "recon_scale": 0.0, "entropy_weight": 0.0}, semi=False,
                                                 train_build="corpus-nohard",
-                                                note="as above, distractors drawn uniformly (no category weights)"),
+                                                note="as supervised-none-quarter-data, distractors drawn uniformly (no hard-negative weights)"),
     "supervised-none-no-synthetic-birds": Recipe(params={**_NET, "recon_scale": 0.0, "entropy_weight": 0.0},
                                                  semi=False, train_build="corpus-nosynth",
-                                                 note="as above, no synthetic bird song in the positives"),
+                                                 note="as supervised-none-quarter-data, no synthetic bird song in the positives"),
+    "semi-none-b": Recipe(params=dict(_NET), seed_offset=1, note="semi-none, another seed (the seed-to-seed spread)"),
+    "ensemble-semi-none-x2": Recipe(members=("semi-none", "semi-none-b"),
+                                    note="mean score of semi-none and semi-none-b (two seeds)"),
+    "ensemble-scatter-logmel": Recipe(members=("semi-none", "logmel-semi"),
+                                      note="mean score of semi-none and logmel-semi (two front ends)"),
     "previous-model": Recipe(threshold="risk", pool_s=0.0, previous_model=True,
                              note="the previously bundled model (trained on qabcs-data and scorched3d-data), scored only"),
 }
@@ -210,6 +226,7 @@ def run_recipe(name: str, recipe: Recipe, folds: list[Fold], train_folds: list[F
 
     from scatterbird.models.registry import build_detector, load_detector
 
+    seed += recipe.seed_offset
     torch.manual_seed(seed)
     test = [feats.get(recipe, f.clips, f"{f.name} test") for f in folds]
     if recipe.previous_model:
@@ -263,26 +280,39 @@ def run_recipe(name: str, recipe: Recipe, folds: list[Fold], train_folds: list[F
     return out
 
 
+def ensemble_result(recipe: Recipe, folds: list[Fold], saved_dir: Path, *, min_conf: float, seed: int) -> dict:
+    """The mean of saved rows' out-of-fold scores, clip by clip (the rows must cover the same clips)."""
+    rows = []
+    for m in recipe.members:
+        path = saved_dir / f"{m}.json"
+        if not path.is_file():
+            raise SystemExit(f"ensemble member {m} has no saved result in {saved_dir}: run it first")
+        rows.append(json.loads(path.read_text())["result"])
+    labels = rows[0]["out_of_fold"]["labels"]
+    if any(r["out_of_fold"]["labels"] != labels or [f["n"] for f in r["folds"]] != [f["n"] for f in rows[0]["folds"]]
+           for r in rows):
+        raise SystemExit(f"{recipe.members}: the rows were not scored on the same clips")
+    mean = np.mean([np.asarray(r["out_of_fold"]["scores"]) for r in rows], axis=0)
+    per_fold, at = [], 0
+    for f, rec in zip(folds, rows[0]["folds"]):
+        if rec["n"] != len(f.clips):
+            raise SystemExit(f"{f.name}: {rec['n']} scored clips saved, {len(f.clips)} in the fold")
+        per_fold.append({"name": f.name, "bird_packages": f.bird_packages, "labels": np.array(labels[at:at + rec["n"]]),
+                         "scores": mean[at:at + rec["n"]], "categories": f.categories})
+        at += rec["n"]
+    return summarise(per_fold, min_conf, seed)
+
+
 # -- the bundled model -------------------------------------------------------------------------------------------
-def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, workers: int, output: str | None,
-                table_text: str) -> Path:
-    """Train ``name`` on every package fold (labelled, and unlabelled when semi-supervised), calibrate its
-    temperature on the recipe's pooled out-of-fold scores, and write the model and its description."""
+def _train_on_all(recipe: Recipe, folds: list[Fold], feats: Features, seed: int) -> tuple[Any, tuple[int, int, int]]:
+    """One recipe's detector trained on every fold (labelled, and unlabelled when semi-supervised), with the
+    counts of labelled, bird and unlabelled clips it saw."""
     import torch
 
-    from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH
-    from scatterbird.models.base import fit_temperature
-    from scatterbird.models.registry import build_detector, load_detector
+    from scatterbird.models.registry import build_detector
 
-    recipe = RECIPES[name]
-    saved = results.get("package", {}).get(name)
-    if saved is None or saved.get("key") != recipe.key() or saved.get("seed", 0) != seed:
-        raise SystemExit(f"validate {name} leave-package-out with --seed {seed} first (--recipe {name})")
-    if recipe.features != "scatter" or recipe.previous_model or recipe.train_build:
-        raise SystemExit(f"{name} cannot be bundled: the pipeline runs scattering features only")
+    seed += recipe.seed_offset
     torch.manual_seed(seed)
-    folds = load_folds(info, "package")
-    feats = Features(work, workers)
     xs: list[np.ndarray] = []
     ys: list[int] = []
     unl: list[np.ndarray] = []
@@ -293,26 +323,65 @@ def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, 
         if recipe.semi:
             unl += [s for s in feats.get(recipe, f.unlabelled, f"{f.name} unlabelled") if s is not None]
     det = build_detector(recipe.kind, {**recipe.params, "random_state": seed}, seed)
-    t0 = time.perf_counter()
     det.fit(xs, np.array(ys), unlabeled=unl or None)
-    fit_s = time.perf_counter() - t0
+    det.feature_config = FeatureConfig(threshold=recipe.threshold, pool_s=recipe.pool_s)
+    return det, (len(xs), int(np.sum(ys)), len(unl))
+
+
+def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, workers: int, output: str | None,
+                table_text: str, retrain: bool = True) -> Path:
+    """Train ``name`` on every package fold (labelled, and unlabelled when semi-supervised), calibrate its
+    temperature on the recipe's pooled out-of-fold scores, and write the model and its description.
+    ``retrain=False`` keeps the model file and rewrites its description (e.g. after more rows were validated)."""
+    from scatterbird.data.default_model import DEFAULT_MODEL_INFO, DEFAULT_MODEL_PATH
+    from scatterbird.models.base import apply_temperature, fit_temperature
+    from scatterbird.models.ensemble import EnsembleDetector
+    from scatterbird.models.registry import load_detector
+
+    recipe = RECIPES[name]
+    saved = results.get("package", {}).get(name)
+    if saved is None or saved.get("key") != recipe.key() or saved.get("seed", 0) != seed:
+        raise SystemExit(f"validate {name} leave-package-out with --seed {seed} first (--recipe {name})")
+    members = [RECIPES[m] for m in recipe.members] or [recipe]
+    if any(r.features != "scatter" or r.previous_model or r.train_build or r.members for r in members) or \
+            len({(r.threshold, r.pool_s) for r in members}) != 1:
+        raise SystemExit(f"{name} cannot be bundled: the pipeline runs one scattering configuration")
+    folds = load_folds(info, "package")
+    out = Path(output) if output else DEFAULT_MODEL_PATH
+    info_path = DEFAULT_MODEL_INFO if out.resolve() == DEFAULT_MODEL_PATH.resolve() else out.with_suffix(".json")
     oof = saved["result"]["out_of_fold"]
     temperature = fit_temperature(np.array(oof["labels"]), np.array(oof["scores"]))
-    det.temperature = temperature
-    from scatterbird.models.base import apply_temperature
-
+    if retrain:
+        feats = Features(work, workers)
+        t0 = time.perf_counter()
+        trained = [_train_on_all(r, folds, feats, seed) for r in members]
+        det = trained[0][0] if len(trained) == 1 else EnsembleDetector.from_members([d for d, _ in trained])
+        fit_s = time.perf_counter() - t0
+        n_labelled, n_bird, n_unlabelled = trained[0][1]
+        det.temperature = temperature
+    else:
+        det = load_detector(out)
+        old = json.loads(info_path.read_text())
+        if old.get("candidate") != name or abs(det.temperature - temperature) > 1e-6 * temperature:
+            raise SystemExit(f"{out} is not the model {name} --final wrote: retrain it")
+        fit_s = float(old["fit_seconds"])
+        n_labelled = sum(len(f.clips) for f in folds)
+        n_bird = sum(int(c.label) for f in folds for c in f.clips)
+        n_unlabelled = sum(len(f.unlabelled) for f in folds) if all(r.semi for r in members) else 0
     ece_after = expected_calibration_error(np.array(oof["labels"]), apply_temperature(np.array(oof["scores"]), temperature))
+    recipe = members[0]  # the features are the members' (one configuration)
     det.feature_config = FeatureConfig(threshold=recipe.threshold, pool_s=recipe.pool_s)
-    out = Path(output) if output else DEFAULT_MODEL_PATH
-    det.save(out)
+    if retrain:
+        det.save(out)
     loaded = load_detector(out)
-    validation = {scheme: {n: {k: v for k, v in row["result"].items() if k != "out_of_fold"} | {"note": row["note"]}
+    validation = {scheme: {n: {k: v for k, v in row["result"].items() if k != "out_of_fold"}
+                           | {"note": row["note"], "recipe": row["recipe"], "seed": row.get("seed", 0)}
                            for n, row in rows.items()} for scheme, rows in results.items()}
     description = {
         "what": "scatterbird's bundled default bird detector",
         "trained_on": {
             "summary": (
-                f"{len(xs)} labelled 10 s clips ({int(np.sum(ys))} with birds) and {len(unl)} unlabelled ones, mixed "
+                f"{n_labelled} labelled 10 s clips ({n_bird} with birds) and {n_unlabelled} unlabelled ones, mixed "
                 f"from {info['segments']} cuts of {len(info['files'])} sound files in {len(info['packages'])} Debian "
                 "packages (data/bootstrap_sources.csv and data/training_sources.csv, each file's SHA-256 checked), "
                 "with synthetic bird song (data/synthetic.py), augmentations and hard negatives (data/bootstrap.py)"
@@ -330,11 +399,12 @@ def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, 
             "recipe": "scripts/build_corpus.py (data/corpus.py, data/bootstrap.py), then scripts/validate_detection.py "
                       f"--recipe ... --final {name}",
         },
-        "kind": recipe.kind,
+        "kind": det.kind,
         "candidate": name,
-        "recipe": recipe.__dict__,
+        "recipe": RECIPES[name].__dict__,
+        "members": list(RECIPES[name].members),
         "params": det.get_params(),
-        "semi_supervised": recipe.semi,
+        "semi_supervised": all(r.semi for r in members),
         "feature_config": det.feature_config.to_dict(),
         "feature_config_hash": det.feature_config.hash,
         "model_hash": loaded.model_hash,
@@ -367,9 +437,8 @@ def train_final(name: str, work: Path, info: dict, results: dict, *, seed: int, 
         ),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    info_path = DEFAULT_MODEL_INFO if out.resolve() == DEFAULT_MODEL_PATH.resolve() else out.with_suffix(".json")
     info_path.write_text(json.dumps(description, indent=1) + "\n")
-    print(f"{name}: {len(xs)} clips in {fit_s:.0f} s, T={temperature:.3f}, -> {out} ({out.stat().st_size / 1e6:.2f} MB); "
+    print(f"{name}: {n_labelled} clips in {fit_s:.0f} s, T={temperature:.3f}, -> {out} ({out.stat().st_size / 1e6:.2f} MB); "
           f"description {info_path}", file=sys.stderr)
     return out
 
@@ -380,7 +449,8 @@ def table(results: dict[str, dict[str, dict]]) -> str:
     for scheme, rows in results.items():
         if not rows:
             continue
-        names = [f["name"] + (f" ({'+'.join(p.split('-')[0] for p in f['bird_packages'])})" if f["bird_packages"] else "")
+        # a package fold is named by its one bird package (a source fold draws birds from them all)
+        names = [f["name"] + (f" ({f['bird_packages'][0].split('-')[0]})" if len(f["bird_packages"]) == 1 else "")
                  for f in next(iter(rows.values()))["result"]["folds"]]
         lines += [f"\n**leave-{scheme}-out** ({next(iter(rows.values()))['result']['n']} clips)\n",
                   "| recipe | pooled AUC [95 % CI] | " + " | ".join(names) + " | ECE | note |",
@@ -427,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final", choices=sorted(RECIPES),
                    help="train this recipe on every package fold and write it as the bundled model (after its validation)")
     p.add_argument("--output", default=None, help="model file of --final (default: the bundled data/default_model.pt)")
+    p.add_argument("--describe-only", action="store_true",
+                   help="with --final: keep the model file, rewrite its description from the saved results")
     args = p.parse_args(argv)
     import torch
 
@@ -459,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{other}: its {scheme} folds are not those of {work}")
             print(f"{scheme}/{name}: {recipe.note}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            result = run_recipe(name, recipe, folds, train_folds, feats, seed=args.seed, min_conf=args.min_conf,
+            if recipe.members:
+                result = ensemble_result(recipe, folds, work / "validation" / scheme, min_conf=args.min_conf, seed=args.seed)
+            else:
+                result = run_recipe(name, recipe, folds, train_folds, feats, seed=args.seed, min_conf=args.min_conf,
                                 adapt=adapt)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"key": recipe.key(), "seed": args.seed, "recipe": recipe.__dict__, "note": recipe.note,
@@ -478,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.table).write_text(text)
     if args.final:
         train_final(args.final, work, info, results, seed=args.seed, workers=args.workers, output=args.output,
-                    table_text=text)
+                    table_text=text, retrain=not args.describe_only)
     return 0
 
 
