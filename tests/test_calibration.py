@@ -177,20 +177,29 @@ def _saved(det: Detector, path):
 
 
 def test_a_model_file_without_a_temperature_loads_unchanged(tmp_path):
-    """The bundled model was saved before temperatures existed: it loads with T = 1, its recorded hash, and
-    saving it again writes the same extra state."""
-    det = load_detector(DEFAULT_MODEL_PATH)
-    assert det.temperature == 1.0
-    assert det.model_hash == default_model_info()["model_hash"]
+    """A file saved before temperatures existed (the bundled model's file with its temperature taken out)
+    loads with T = 1 and scores as its network does; saving it again writes the same extra state. The
+    bundled model itself carries the temperature its description records."""
+    bundled = load_detector(DEFAULT_MODEL_PATH)
+    assert bundled.temperature == pytest.approx(default_model_info()["calibration"]["temperature"], rel=1e-3)
+    assert bundled.model_hash == default_model_info()["model_hash"]
+    payload = torch.load(DEFAULT_MODEL_PATH, weights_only=True)
+    extra = json.loads(payload["extra_json"])
+    assert extra.pop(TEMPERATURE_KEY) == bundled.temperature
+    payload["extra_json"] = json.dumps(extra)
+    old_file = tmp_path / "old.pt"
+    torch.save(payload, old_file)
+    det = load_detector(old_file)
+    assert det.temperature == 1.0 and det.model_hash != bundled.model_hash
     seqs = [np.random.default_rng(k).standard_normal((12 + k, det.n_channels_)).astype(np.float32) for k in range(4)]
     raw = type(det).predict_proba.__wrapped__(det, seqs)  # the subclass's own scores
     np.testing.assert_array_equal(det.predict_proba(seqs), raw)
-    old = torch.load(DEFAULT_MODEL_PATH, weights_only=True)
     new = torch.load(_saved(det, tmp_path / "m.pt"), weights_only=True)
-    assert new["extra_json"] == old["extra_json"]
+    assert json.loads(new["extra_json"]) == extra
     # with a temperature, the same model scores differently, as the formula says
     det.temperature = 3.0
     np.testing.assert_allclose(det.predict_proba(seqs), apply_temperature(raw, 3.0), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(bundled.predict_proba(seqs), apply_temperature(raw, bundled.temperature), atol=1e-12)
 
 
 def test_a_bad_temperature_in_a_file_is_refused(simple, tmp_path):

@@ -1,5 +1,6 @@
-"""The bundled default model (data/default_model.pt): loads offline, matches the pipeline's features, scores
-the bundled samples sensibly; and the bootstrap recipe's split never lets a source file into two folds."""
+"""The bundled default model (data/default_model.pt): loads offline, matches its description (the corpus it
+was trained on, the recipe chosen by leave-package-out validation, its calibration), scores the bundled
+samples sensibly; and the bootstrap recipe's split never lets a source file into two folds."""
 
 from __future__ import annotations
 
@@ -9,53 +10,80 @@ import json
 import numpy as np
 import pytest
 
+from scatterbird import cli
 from scatterbird.data.bootstrap import ALLOWED_PACKAGES, assign_folds, read_sources
+from scatterbird.data.corpus import read_lists
 from scatterbird.data.default_model import DEFAULT_MODEL_PATH, default_model_info
 from scatterbird.models.registry import default_detector
 from scatterbird.pipeline.config import FeatureConfig
 
 
 @pytest.fixture(scope="module")
-def model():
+def info():
+    return default_model_info()
+
+
+@pytest.fixture(scope="module")
+def model(info):
     # torch.load with weights_only=True, from the package folder: nothing is fetched
-    return default_detector(FeatureConfig())
+    return default_detector(FeatureConfig.from_dict(info["feature_config"]))
 
 
-def test_default_model_loads_offline_with_the_pipeline_feature_config(model, monkeypatch):
+def test_default_model_loads_offline_with_its_recorded_feature_config(model, info, monkeypatch):
     import socket
 
     def no_network(*args, **kwargs):
         raise AssertionError("the default model must load without network access")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    again = default_detector(FeatureConfig())
-    assert again.feature_config.hash == FeatureConfig().hash
-    assert model.model_hash == again.model_hash
+    again = default_detector()
+    assert again.feature_config.hash == info["feature_config_hash"] == model.feature_config.hash
+    assert model.model_hash == again.model_hash == info["model_hash"]
     assert DEFAULT_MODEL_PATH.stat().st_size < 5_000_000
+    # the pipeline's default features, pooled as `train` pools for the inversion network, are the bundled
+    # model's: `scatterbird train` with its defaults makes a model comparable with it
+    assert FeatureConfig(pool_s=cli.INVERSION_DEFAULT_POOL_S).hash == info["feature_config_hash"]
 
 
-def test_default_model_description_matches_the_weights(model):
-    info = default_model_info()
-    assert info["feature_config_hash"] == FeatureConfig().hash
+def test_default_model_description_matches_the_weights_and_the_corpus(model, info):
     assert info["file_sha256"] == hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
     assert info["kind"] == model.kind
-    val = info["validation"]["roc_auc_pooled_out_of_fold"]
-    assert 0.5 < val["roc_auc"] <= 1.0 and val["roc_auc_ci95"][0] <= val["roc_auc"] <= val["roc_auc_ci95"][1]
-    assert set(info["trained_on"]["packages"]) <= set(ALLOWED_PACKAGES)
+    # only the listed packages, at the listed versions (every other package's sound is reserved)
+    versions = read_lists().versions
+    packages = info["trained_on"]["packages"]
+    assert set(packages) <= set(versions) and len(packages) == len(versions)
+    assert all(p["version"] == versions[name] and len(p["sha256"]) == 64 for name, p in packages.items())
 
 
-def test_default_model_description_compares_the_grids_on_the_same_clips():
-    # scripts/train_default_model.py --add-comparison: kymatio's grid validated on the same clips and folds
-    val = default_model_info()["validation"]
-    other = val["other_grids"]["kymatio"]
-    config = FeatureConfig.from_dict(other["feature_config"])
-    assert config == FeatureConfig(grid="kymatio") and config.hash == other["feature_config_hash"]
-    assert set(other["paired_difference"]) == set(val["candidates"]) == set(other["candidates"])
-    for name, diff in other["paired_difference"].items():
-        mine, theirs = val["candidates"][name]["pooled_out_of_fold"], other["candidates"][name]["pooled_out_of_fold"]
-        assert diff["n"] == mine["n"] == theirs["n"]
-        assert diff["delta_roc_auc"] == pytest.approx(mine["roc_auc"] - theirs["roc_auc"], abs=1e-3)
-        assert diff["delta_ci95"][0] <= diff["delta_roc_auc"] <= diff["delta_ci95"][1]
+def test_default_model_recipe_is_the_best_leave_package_out_row_that_can_be_bundled(info):
+    val = info["validation"]
+    rows = val["results"]["package"]
+
+    def trained(r):  # the recipes whose models the pipeline can run: scattering, trained on the corpus
+        return r["features"] == "scatter" and not r["previous_model"] and not r["train_build"]
+
+    def parts(name):  # an ensemble row's members, or the row itself
+        return [rows[m]["recipe"] for m in rows[name]["recipe"].get("members", [])] or [rows[name]["recipe"]]
+
+    bundleable = [n for n in rows if all(trained(r) for r in parts(n))
+                  and len({(r["threshold"], r["pool_s"]) for r in parts(n)}) == 1]
+    assert val["chosen"] == info["candidate"] == max(bundleable, key=lambda n: rows[n]["pooled_roc_auc"])
+    chosen = rows[val["chosen"]]
+    member = parts(val["chosen"])[0]
+    assert FeatureConfig.from_dict(info["feature_config"]) == FeatureConfig(threshold=member["threshold"],
+                                                                           pool_s=member["pool_s"])
+    auc, (lo, hi) = chosen["pooled_roc_auc"], chosen["pooled_ci95"]
+    assert 0.5 < lo <= auc <= hi <= 1.0
+    assert val["roc_auc_pooled_out_of_fold"]["roc_auc"] == auc
+    # one fold per package with birds, each reported (a fold without real birds would show here)
+    assert sorted(p for f in chosen["folds"] for p in f["bird_packages"]) == sorted(info["trained_on"]["bird_packages"])
+    assert all(0.5 < f["roc_auc"] <= 1.0 and f["n_bird"] > 0 for f in chosen["folds"])
+
+
+def test_default_model_is_calibrated_on_out_of_fold_scores(model, info):
+    cal = info["calibration"]
+    assert model.temperature == pytest.approx(cal["temperature"], rel=1e-3)
+    assert cal["ece_after"] < cal["ece_before"]
 
 
 @pytest.mark.slow  # the bundled model on the bundled samples at the default (costly) features
