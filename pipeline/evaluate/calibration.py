@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scatterbird.models.base import apply_temperature, fit_temperature
+from scatterbird.pipeline.evaluate.metrics import _check_scores
 
 __all__ = ["ECE_BINS", "Reliability", "apply_temperature", "expected_calibration_error", "fit_temperature",
            "reliability_bins"]
@@ -58,15 +59,10 @@ class Reliability:
 
 def _check(labels: Sequence[int], probs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Labels as int64 0/1 and probabilities as float64 in [0, 1], both 1-D of one length (else ValueError)."""
-    y = np.asarray(labels)
-    p = np.asarray(probs, dtype=np.float64)
-    if y.shape != p.shape or y.ndim != 1:
-        raise ValueError(f"labels and probabilities must be 1-D of one length, got {y.shape} and {p.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
-    if not np.isfinite(p).all() or ((p < 0) | (p > 1)).any():
-        raise ValueError("probabilities must be finite and in [0, 1]")
-    return y.astype(np.int64), p
+    y, p = _check_scores(labels, probs)  # the metrics' checks, plus the range of a probability
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("probabilities must be in [0, 1]")
+    return y, p
 
 
 def reliability_bins(
