@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from .base import Detector, DetectorError, check_labels, check_sequences
 from .spline.betavq import BetaVQ
+from .spline.group_ae import encoder_as_conv, fit_group_autoencoder, sample_windows
 from .spline.penalties import ORTHO_VARIANTS, template_ortho_penalty, weight_ortho_penalty
 
 
@@ -115,6 +116,12 @@ class InversionNet(nn.Module):
         (:class:`models.spline.betavq.BetaVQ`; beta = 1 is the hard one exactly, 1/2 swish-type).
     beta : float
         The beta-VQ softness, in [0, 1].
+    front_channels : int
+        0: no front. Otherwise the network starts (after :class:`TimeCentre`) with an extra block
+        ``Conv1d(n_channels, front_channels, front_kernel)`` + the activation, stride 1: the place of the group
+        autoencoder's encoder (:mod:`models.spline.group_ae`), see :attr:`front`.
+    front_kernel : int
+        Odd temporal kernel of the front convolution (the autoencoder's window width).
 
     Notes
     -----
@@ -133,6 +140,8 @@ class InversionNet(nn.Module):
         centre: bool = True,
         activation: str = "leaky_relu",
         beta: float = 1.0,
+        front_channels: int = 0,
+        front_kernel: int = 5,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -143,14 +152,26 @@ class InversionNet(nn.Module):
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
         if not widths:
             raise ValueError("widths: at least one convolution block is needed")
+        if int(front_channels) < 0 or (front_channels and (front_kernel < 1 or front_kernel % 2 == 0)):
+            raise ValueError(f"front: channels must be >= 0 and the kernel odd, got {front_channels}, {front_kernel}")
         layers: list[nn.Module] = [TimeCentre()] if centre else []
         ends: list[int] = []
         c_in = n_channels
-        for i, w in enumerate(widths):
-            layers.append(nn.Conv1d(c_in, int(w), kernel_size, stride=1 if i == 0 else 2, padding=kernel_size // 2))
+        #: Index in ``layers`` of the front convolution (None without a front).
+        self.front_index: int | None = None
+
+        def block(conv: nn.Conv1d) -> None:
+            layers.append(conv)
             act = nn.LeakyReLU(negative_slope)
             layers.append(BetaVQ(act, float(beta)) if activation == "betavq" else act)
             ends.append(len(layers) - 1)
+
+        if front_channels:
+            self.front_index = len(layers)
+            block(nn.Conv1d(c_in, int(front_channels), int(front_kernel), padding=int(front_kernel) // 2))
+            c_in = int(front_channels)
+        for i, w in enumerate(widths):
+            block(nn.Conv1d(c_in, int(w), kernel_size, stride=1 if i == 0 else 2, padding=kernel_size // 2))
             c_in = int(w)
         layers.append(TimePool())
         ends.append(len(layers) - 1)
@@ -166,6 +187,11 @@ class InversionNet(nn.Module):
     def n_layers(self) -> int:
         """L, the number of representations after the input (the logits are z^(L))."""
         return len(self.block_ends)
+
+    @property
+    def front(self) -> nn.Conv1d | None:
+        """The front convolution (None without a front)."""
+        return None if self.front_index is None else self.layers[self.front_index]
 
     def block_forward(
         self, l: int, z: torch.Tensor, lengths: torch.Tensor | None = None
@@ -365,6 +391,25 @@ FINE_TUNE_LR_FACTOR = 0.3
 
 _CPU = torch.device("cpu")
 
+#: Hyperparameters added after inversion models were saved and bundled, with their defaults: ``get_params``
+#: leaves each out while it has its default, so the saved parameters and the model hash of every earlier model
+#: (the bundled one included) stay as they were, as a calibration temperature of 1 is left out of the state.
+_LATE_PARAMS: dict[str, Any] = {
+    "front_channels": 0,
+    "front_kernel": 5,
+    "front_pretrain": "group",
+    "front_group_weight": 1.0,
+    "front_first_order": None,
+}
+
+#: ``front_pretrain`` values: the group autoencoder, the same without its regulariser, or no pre-training.
+FRONT_PRETRAIN = ("group", "plain", "none")
+
+#: Windows the front's autoencoder is pre-trained on (at most), its hidden width and its gradient steps.
+FRONT_WINDOWS = 1000
+FRONT_HIDDEN = 64
+FRONT_STEPS = 600
+
 
 def batch_split(batch_size: int, labelled_share: float) -> tuple[int, int]:
     """(labelled, unlabeled) items of a batch of ``batch_size`` with a ``labelled_share`` of labelled ones.
@@ -472,6 +517,23 @@ class InversionDetector(Detector):
         batch; two extra backward passes per step).
     activation, beta
         Hard leaky ReLU or its beta-VQ soft version (see :class:`InversionNet`).
+    front_channels : int
+        0 (default): today's network. Otherwise an extra first block ``Conv1d(C, front_channels,
+        front_kernel)`` + activation (after the time centring), initialised by ``front_pretrain``.
+    front_kernel : int
+        Odd width, in frames, of the front convolution and of the autoencoder's windows.
+    front_pretrain : str
+        "group": ``fit`` first trains the group autoencoder (:mod:`models.spline.group_ae`) on windows of the
+        standardised (and, with ``centre``, time-centred) training and unlabeled sequences, and copies its
+        encoder into the front; "plain": the same autoencoder without the group regulariser; "none": the
+        front starts from PyTorch's random initialisation. The front stays trainable.
+    front_group_weight : float
+        The regulariser's weight for "group".
+    front_first_order : list of int, optional
+        The channels on the frequency axis of the group (the first-order scattering channels, in frequency
+        order); None: the time shift only (a detector does not know its channels' orders).
+    The ``front_*`` hyperparameters are left out of ``get_params`` (so of saved files and the model hash)
+    while at their defaults, so that models saved before they existed keep their hashes.
 
     Attributes
     ----------
@@ -513,6 +575,11 @@ class InversionDetector(Detector):
         ortho_variant: str = "weights",
         activation: str = "leaky_relu",
         beta: float = 1.0,
+        front_channels: int = 0,
+        front_kernel: int = 5,
+        front_pretrain: str = "group",
+        front_group_weight: float = 1.0,
+        front_first_order: Sequence[int] | None = None,
     ) -> None:
         self.widths = widths
         self.kernel_size = kernel_size
@@ -538,18 +605,33 @@ class InversionDetector(Detector):
         self.ortho_variant = ortho_variant
         self.activation = activation
         self.beta = beta
+        self.front_channels = front_channels
+        self.front_kernel = front_kernel
+        self.front_pretrain = front_pretrain
+        self.front_group_weight = front_group_weight
+        self.front_first_order = front_first_order
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyperparameters, without the ``front_*`` ones that have their defaults (see ``_LATE_PARAMS``)."""
+        out = super().get_params(deep)
+        for name, default in _LATE_PARAMS.items():
+            if name in out and _same_default(out[name], default):
+                del out[name]
+        return out
 
     # -- pieces -------------------------------------------------------------------------------------
     def _build_net(self, n_channels: int) -> InversionNet:
         return InversionNet(
             n_channels, tuple(int(w) for w in self.widths), int(self.kernel_size), float(self.negative_slope),
             centre=bool(self.centre), activation=str(self.activation), beta=float(self.beta),
+            front_channels=int(self.front_channels), front_kernel=int(self.front_kernel),
         )
 
     def loss_weights(self, n_layers: int | None = None, n_classes: int = 2) -> LossWeights:
         """The weights this detector trains with (the paper's unless overridden)."""
         if n_layers is None:
-            n_layers = len(self.widths) + 2  # conv blocks, time pooling, read-out
+            # conv blocks, the front's block if any, time pooling, read-out
+            n_layers = len(self.widths) + 2 + (1 if int(self.front_channels) else 0)
         spec = spec_loss_weights(n_layers, n_classes)
         ce = spec.ce if self.ce_weight is None else float(self.ce_weight)
         ent = spec.entropy if self.entropy_weight is None else float(self.entropy_weight)
@@ -559,6 +641,33 @@ class InversionDetector(Detector):
                 raise DetectorError(f"recon_weights: expected {n_layers} values (layers 0..L-1), got {len(rw)}")
             return LossWeights(ce, ent, rw, recon_per_dim=False)
         return LossWeights(ce, ent, tuple(float(self.recon_scale) * w for w in spec.recon), recon_per_dim=True)
+
+    def _pretrain_front(self, seqs: Sequence[np.ndarray]) -> None:
+        """Train the (group) autoencoder on windows of standardised sequences and copy its encoder into the
+        front convolution (see ``front_pretrain``)."""
+        k, n_channels = int(self.front_kernel), self.n_channels_
+        if self.centre:  # the front sees time-centred input: pre-train on what it will see
+            seqs = [s - s.mean(0, keepdims=True) for s in seqs]
+        n_positions = sum(max(0, s.shape[0] - k + 1) for s in seqs)
+        if n_positions < 2:
+            raise DetectorError(f"front pre-training needs sequences of at least {k} frames (front_kernel)")
+        windows = sample_windows(seqs, k, min(FRONT_WINDOWS, n_positions), seed=int(self.random_state))
+        first = np.zeros(n_channels, dtype=bool)  # without front_first_order: the time shift only
+        if self.front_first_order is not None:
+            first[np.asarray(self.front_first_order, dtype=np.int64)] = True
+        weight = float(self.front_group_weight) if self.front_pretrain == "group" else 0.0
+        fit = fit_group_autoencoder(
+            windows, latent=int(self.front_channels), hidden=FRONT_HIDDEN, group_weight=weight, first_order=first,
+            steps=FRONT_STEPS, negative_slope=float(self.negative_slope), seed=int(self.random_state),
+        )
+        w, b = encoder_as_conv(fit.encoder, n_channels, k)
+        with torch.no_grad():
+            self.net_.front.weight.copy_(w)
+            self.net_.front.bias.copy_(b)
+        self.front_pretraining_ = {
+            "windows": int(len(windows)), "group_weight": weight,
+            "reconstruction_error": fit.reconstruction_error(windows), "seconds": float(fit.history["seconds"]),
+        }
 
     def _standardise(self, seqs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [(s - self.mean_) / self.std_ for s in seqs]
@@ -600,6 +709,8 @@ class InversionDetector(Detector):
         """
         if self.ortho_variant not in ORTHO_VARIANTS:
             raise DetectorError(f"ortho_variant must be one of {ORTHO_VARIANTS}, got {self.ortho_variant!r}")
+        if self.front_pretrain not in FRONT_PRETRAIN:
+            raise DetectorError(f"front_pretrain must be one of {FRONT_PRETRAIN}, got {self.front_pretrain!r}")
         seqs = check_sequences(sequences)
         y = check_labels(labels, len(seqs))
         n_channels = seqs[0].shape[1]
@@ -621,6 +732,9 @@ class InversionDetector(Detector):
             torch.manual_seed(int(self.random_state))
             self.net_ = self._build_net(n_channels)  # initialised on the CPU: the same weights on any device
         self.adaptations_: list[dict[str, Any]] = []  # a new network: fine-tuned on nothing yet
+        self.front_pretraining_: dict[str, Any] | None = None
+        if self.net_.front is not None and self.front_pretrain != "none":
+            self._pretrain_front([xs[i] for i in tr] + list(us))
         bl, bu = int(self.batch_labelled), int(self.batch_unlabelled) if use_unlab else 0
         steps = self.steps_per_epoch or max(
             math.ceil(len(tr) / bl), math.ceil(len(us) / bu) if use_unlab else 0
@@ -856,6 +970,8 @@ class InversionDetector(Detector):
             extra.update(validation_auc=float(self.validation_auc_), n_validation=int(self.n_validation_))
         if getattr(self, "adaptations_", None):  # likewise: only an adapted model carries its record
             extra["adaptations"] = list(self.adaptations_)
+        if getattr(self, "front_pretraining_", None):  # and only a pre-trained front its record
+            extra["front_pretraining"] = dict(self.front_pretraining_)
         return tensors, extra
 
     def _set_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
@@ -869,6 +985,19 @@ class InversionDetector(Detector):
         self.validation_auc_ = None if auc is None else float(auc)
         self.n_validation_ = int(extra.get("n_validation", 0))
         self.adaptations_ = list(extra.get("adaptations", []))
+        self.front_pretraining_ = extra.get("front_pretraining")
+
+
+def _same_default(value: Any, default: Any) -> bool:
+    """A hyperparameter equals its default (None only as None; 1 and 1.0 alike; lists and tuples alike)."""
+    if default is None or value is None:
+        return value is None and default is None
+    if isinstance(default, str) or isinstance(value, str):
+        return value == default
+    try:
+        return bool(np.array_equal(np.asarray(value), np.asarray(default)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _better(new: tuple[float, float], best: tuple[float, float]) -> bool:
