@@ -32,11 +32,14 @@ from scipy.special import logsumexp, ndtri
 from torch import nn
 
 from .latent_regions import LatentRegions, enumerate_regions, hidden_codes
-from .truncated_normal import interval_moments, polygon_moments
+from .truncated_normal import interval_moments, polygon_log_mass_bound, polygon_moments
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Half-width of the 2-D latent box, in units of sigma_z (prior mass outside: 4 Phi(-10) < 4e-23).
 BOX_SIGMAS = 10.0
+#: 2-D: (x, region) pairs whose kappa * Phi0 is provably this many nats below p(x) are skipped (each adds
+#: less than e^-40 = 4e-18 of p(x)).
+PRUNE_NATS = 40.0
 
 
 class CPAGenerator(nn.Module):
@@ -174,7 +177,16 @@ def compute_posterior(
     if regions.latent_dim == 1:
         tm = interval_moments(regions.lo[None], regions.hi[None], mu[..., 0], Sigma[None, :, 0, 0])
     else:
-        tm = polygon_moments(regions.polygons, mu, Sigma)
+        # a region whose kappa * (upper bound on Phi0) is e^-PRUNE_NATS below a lower bound on p(x) cannot
+        # matter: compute the pairs near the best upper bound first, bound p(x) from them, then any others
+        ub = lk + polygon_log_mass_bound(regions.polygons, mu, Sigma)
+        active = ub >= ub.max(1, keepdims=True) - PRUNE_NATS
+        tm = polygon_moments(regions.polygons, mu, Sigma, active)
+        bound = logsumexp(lk + tm.log_phi0, axis=1, keepdims=True)
+        more = ~active & (ub >= bound - PRUNE_NATS)
+        if more.any():
+            tm2 = polygon_moments(regions.polygons, mu, Sigma, more)
+            tm.log_phi0[more], tm.mean[more], tm.second[more] = tm2.log_phi0[more], tm2.mean[more], tm2.second[more]
     logw = lk + tm.log_phi0
     log_px = logsumexp(logw, axis=1)
     w = np.exp(logw - log_px[:, None])

@@ -150,7 +150,11 @@ def std_polygon_moments(a: np.ndarray, b: np.ndarray, starts: np.ndarray):
 
 
 def polygon_moments(
-    polygons: Sequence[np.ndarray], mu: np.ndarray, cov: np.ndarray, chunk: int = 256
+    polygons: Sequence[np.ndarray],
+    mu: np.ndarray,
+    cov: np.ndarray,
+    active: np.ndarray | None = None,
+    chunk: int = 200_000,
 ) -> TruncatedMoments:
     """Truncated moments of ``N(mu[:, r], cov[r])`` over convex polygon ``r``, for many means at once.
 
@@ -160,36 +164,72 @@ def polygon_moments(
         Convex polygons, vertices counter-clockwise.
     mu : ndarray, shape (n, R, 2)
     cov : ndarray, shape (R, 2, 2)
+    active : bool ndarray (n, R), optional
+        Only these (mean, polygon) pairs are computed; the others get ``log_phi0 = -inf`` and the
+        untruncated moments (callers pass the pairs whose weight is not negligible).
     chunk : int
-        Rows of ``mu`` handled at once (memory).
+        Edges handled at once (memory).
 
     Returns
     -------
     TruncatedMoments with arrays (n, R), (n, R, 2), (n, R, 2, 2).
     """
     mu = np.asarray(mu, float)
+    n, R = mu.shape[0], len(polygons)
     counts = np.array([len(p) for p in polygons])
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    region = np.repeat(np.arange(len(polygons)), counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     va = np.concatenate([np.asarray(p, float) for p in polygons])
     vb = np.concatenate([np.roll(np.asarray(p, float), -1, axis=0) for p in polygons])
     L = np.linalg.cholesky(cov)  # (R, 2, 2); whitening keeps the orientation (det L > 0)
     Linv = np.linalg.inv(L)
-    n, R = mu.shape[0], len(polygons)
-    log_phi0 = np.empty((n, R))
-    mean = np.empty((n, R, 2))
-    second = np.empty((n, R, 2, 2))
-    for i in range(0, n, chunk):
-        m = mu[i : i + chunk]
-        ua = np.einsum("eij,nej->nei", Linv[region], va[None] - m[:, region])
-        ub = np.einsum("eij,nej->nei", Linv[region], vb[None] - m[:, region])
-        p0, m1, m2 = std_polygon_moments(ua, ub, starts)
+    log_phi0 = np.full((n, R), -np.inf)
+    mean = mu.copy()
+    second = mu[..., :, None] * mu[..., None, :] + cov[None]
+    pn, pr = np.nonzero(np.ones((n, R), bool) if active is None else active)
+    # pairs in batches whose edges number at most ~chunk; every edge of a pair is one row
+    cum = np.cumsum(counts[pr])
+    bounds = np.searchsorted(cum, np.arange(chunk, cum[-1] + chunk, chunk) if len(cum) else [], side="right")
+    lo = 0
+    for hi in [*bounds, len(pr)]:
+        if hi <= lo:
+            continue
+        n_, r_ = pn[lo:hi], pr[lo:hi]
+        c = counts[r_]
+        starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+        edge = np.repeat(first[r_] - starts, c) + np.arange(c.sum())  # edge index within va/vb
+        owner = np.repeat(np.arange(len(r_)), c)
+        m = mu[n_, r_]  # (P, 2)
+        Le = Linv[r_][owner]  # (E, 2, 2)
+        da, db = va[edge] - m[owner], vb[edge] - m[owner]
+        ua = Le[:, :, 0] * da[:, :1] + Le[:, :, 1] * da[:, 1:]
+        ub = Le[:, :, 0] * db[:, :1] + Le[:, :, 1] * db[:, 1:]
+        p0, m1, m2 = std_polygon_moments(ua[None], ub[None], starts)
+        p0, m1, m2 = p0[0], m1[0], m2[0]
         pos = p0 > 0
         z = np.where(pos, p0, 1.0)
-        c1 = np.einsum("rij,nrj->nri", L, m1 / z[..., None])  # E[z - mu | P] = L E[u | P]
-        c2 = np.einsum("rij,nrjk,rlk->nril", L, m2 / z[..., None, None], L)
-        mm = m[..., :, None] * m[..., None, :]
-        log_phi0[i : i + chunk] = np.where(pos, np.log(z), LOG_TINY)
-        mean[i : i + chunk] = m + c1
-        second[i : i + chunk] = mm + m[..., :, None] * c1[..., None, :] + c1[..., :, None] * m[..., None, :] + c2
+        Lr = L[r_]
+        c1 = (Lr @ (m1 / z[:, None])[..., None])[..., 0]  # E[z - mu | P] = L E[u | P]
+        c2 = Lr @ (m2 / z[:, None, None]) @ np.swapaxes(Lr, -1, -2)
+        log_phi0[n_, r_] = np.where(pos, np.log(z), LOG_TINY)
+        mean[n_, r_] = m + c1
+        second[n_, r_] = (
+            m[:, :, None] * m[:, None, :] + m[:, :, None] * c1[:, None, :] + c1[:, :, None] * m[:, None, :] + c2
+        )
+        lo = hi
     return TruncatedMoments(log_phi0, mean, second)
+
+
+def polygon_log_mass_bound(polygons: Sequence[np.ndarray], mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Upper bound on ``log Phi0`` (n, R): the log mass of the tightest of the polygon's edge half-planes,
+    ``min_e log Phi(h_e)`` with ``h_e`` the whitened signed distance of the mean inside edge ``e``'s line.
+    Cheap (no Owen's T); used to skip (mean, polygon) pairs whose weight is negligible."""
+    counts = np.array([len(p) for p in polygons])
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    region = np.repeat(np.arange(len(polygons)), counts)
+    va = np.concatenate([np.asarray(p, float) for p in polygons])
+    d = np.concatenate([np.roll(np.asarray(p, float), -1, axis=0) for p in polygons]) - va
+    nrm = np.stack([d[:, 1], -d[:, 0]], axis=1)  # outward (unnormalised): inside is nrm.z <= nrm.va
+    L = np.linalg.cholesky(cov)
+    scale = np.linalg.norm(np.einsum("eji,ej->ei", L[region], nrm), axis=1)  # ||L^T n||
+    h = ((nrm * va).sum(1)[None] - np.einsum("ned,ed->ne", np.asarray(mu, float)[:, region], nrm)) / scale
+    return np.minimum.reduceat(log_ndtr(h), first, axis=1)
