@@ -355,7 +355,8 @@ def _ordered_centres(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[n
                         path, improved = cand, True
         if best is None or length(path) < length(best):
             best = path
-    share = np.bincount(lab, minlength=k)[best] / len(x)
+    share = np.maximum(np.bincount(lab, minlength=k)[best], 0.5)  # an empty cluster keeps distinct knots
+    share = share / share.sum()
     return centres[best], share
 
 
@@ -436,6 +437,7 @@ def fit_em(
     m_iter: int = 30,
     max_halvings: int = 10,
     box_sigmas: float = BOX_SIGMAS,
+    min_sigma_x: float | None = None,
 ) -> EMFit:
     """Fit the generator to ``x`` (n, D) by generalised EM; the exact mean ``log p(x)`` never decreases.
 
@@ -456,6 +458,9 @@ def fit_em(
     seed : int
         Seeds the initialisation (:func:`init_generator`).
     progress : callable(iteration, mean log p(x)), optional
+    min_sigma_x : float, optional
+        Floor on ``sigma_x`` (default 1e-6 of the data's rms spread). Maximum likelihood is unbounded on
+        data with repeated points (``sigma_x -> 0``); a floor keeps such fits usable as novelty scores.
 
     Returns
     -------
@@ -465,10 +470,11 @@ def fit_em(
     n, D = x.shape
     S = latent_dim
     gen, sx, sz = init_generator(x, S, widths, seed, negative_slope)
+    floor = 1e-6 * float(np.sqrt(x.var(0).sum() / D) + 1e-300) if min_sigma_x is None else float(min_sigma_x)
+    sx = max(sx, floor)
     post = compute_posterior(gen, sx, sz, x, box_sigmas=box_sigmas)
     L = float(post.log_px.mean())
     history = [L]
-    floor = 1e-6 * float(np.sqrt(x.var(0).sum() / D) + 1e-300)
     for it in range(n_iter):
         st = _sufficient_stats(post, x)
         codes = torch.as_tensor(post.regions.codes)
