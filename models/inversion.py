@@ -531,9 +531,9 @@ class InversionDetector(Detector):
         The regulariser's weight for "group".
     front_first_order : list of int, optional
         The channels on the frequency axis of the group (the first-order scattering channels, in frequency
-        order); None: the time shift only (a detector does not know its channels' orders).
-    The ``front_*`` hyperparameters are left out of ``get_params`` (so of saved files and the model hash)
-    while at their defaults, so that models saved before they existed keep their hashes.
+        order); None: the time shift only (a detector does not know its channels' orders). Each ``front_*``
+        hyperparameter is left out of ``get_params`` (so of saved files and the model hash) while it has its
+        default, so that models saved before they existed keep their hashes. See docs/group-autoencoder.md.
 
     Attributes
     ----------

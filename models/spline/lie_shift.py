@@ -170,15 +170,16 @@ def _poly(p: torch.Tensor, q: torch.Tensor, nu: torch.Tensor, mu: torch.Tensor, 
     """The trigonometric polynomial c(theta) = <B, T(theta) A>, its gradient and Hessian, at (P,) points."""
     et = torch.exp(-2j * math.pi * tt[:, None] * nu[None, :])  # (P, w)
     ef = torch.exp(-2j * math.pi * tf[:, None] * mu[None, :])  # (P, F)
-    e = ef[:, :, None] * et[:, None, :]  # (P, F, w)
-    a_t, a_f = -2j * math.pi * nu[None, None, :], -2j * math.pi * mu[None, :, None]
-    pe, qe = p * e, q * et
-    a_q = -2j * math.pi * nu[None, :]
-    c = pe.sum((1, 2)).real + qe.sum(1).real
-    g = torch.stack([(pe * a_t).sum((1, 2)).real + (qe * a_q).sum(1).real, (pe * a_f).sum((1, 2)).real], -1)
-    htt = (pe * a_t * a_t).sum((1, 2)).real + (qe * a_q * a_q).sum(1).real
-    hff = (pe * a_f * a_f).sum((1, 2)).real
-    htf = (pe * a_t * a_f).sum((1, 2)).real
+    at = (-2j * math.pi * nu).expand(len(mu), -1)  # d/dtheta_t factor of each (F, w) term
+    af = (-2j * math.pi * mu)[:, None].expand(-1, len(nu))
+    one = torch.ones_like(at)
+    # the factors of c, dc/dt, dc/df, d2c/dt2, d2c/df2, d2c/dtdf, summed in one contraction
+    fac = torch.stack([one, at, af, at * at, af * af, at * af])  # (6, F, w)
+    v = torch.einsum("pfw,pf,pw,kfw->pk", p, ef, et, fac).real
+    u = torch.einsum("pw,pw,kw->pk", q, et, fac[[0, 1, 3], 0]).real  # the time-only channels
+    c = v[:, 0] + u[:, 0]
+    g = torch.stack([v[:, 1] + u[:, 1], v[:, 2]], -1)
+    htt, hff, htf = v[:, 3] + u[:, 2], v[:, 4], v[:, 5]
     H = torch.stack([torch.stack([htt, htf], -1), torch.stack([htf, hff], -1)], -2)
     return c, g, H
 
