@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from scatterbird.models.spline.affine import explicit_affine
 from scatterbird.models.spline.gan_ensemble import (
     GANEnsemble,
     couple_step,
@@ -23,7 +24,6 @@ from scatterbird.models.spline.gan_ensemble import (
     make_mlp,
     sweep_coupling,
 )
-from scatterbird.models.spline.affine import explicit_affine
 from scatterbird.models.spline.network import spline_view
 from scatterbird.models.spline.sample_quality import (
     cluster_coverage,

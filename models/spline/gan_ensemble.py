@@ -16,7 +16,8 @@ not learned, since a learned pi in the generator loss would shift mass to whiche
 **Unverified reconstruction:** the paper's own regulariser could not be read (only its abstract and
 introduction were found, in stored copies of arXiv 2006.14600 and of the OpenReview text; no authors'
 code was found). The coupling term above is the spec's reconstruction (../shared/papers/spline-analysis.md
-§7.1), computed in O(K) as ``K * sum_k ||theta_k - theta_bar||^2``. Derivations, metrics and limits:
+§7.1), computed with O(K) rather than O(K^2) parameter-vector operations as
+``K * sum_k ||theta_k - theta_bar||^2``. Derivations, metrics and limits:
 docs/gan-ensemble.md.
 
 Optimisation: Adam on the GAN losses; the coupling term is applied after each generator step as its exact
@@ -35,8 +36,8 @@ original units; training runs in float32.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -173,7 +174,9 @@ class GANEnsemble:
     def n_generators(self) -> int:
         return len(self.generators)
 
-    def sample(self, n: int, seed: int = 0, return_component: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, n: int, seed: int = 0, return_component: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` samples: generator k with probability pi_k, then z ~ N(0, I).
 
         Parameters
@@ -278,6 +281,7 @@ def fit_gan_ensemble(
     data = torch.from_numpy(((x - mean) / scale).astype(np.float32))
     n, d = data.shape
     m = [max(1, int(np.ceil(batch * p))) for p in pi]  # fakes per generator and step
+    w_fake = torch.cat([torch.full((mk, 1), float(p) / mk) for p, mk in zip(pi, m)])
     hist: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "penalty": []}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -287,14 +291,13 @@ def fit_gan_ensemble(
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
         for step in range(int(steps)):
             real = data[torch.randint(0, n, (batch,))]
-            fakes = [g(torch.randn(mk, latent_dim)) for g, mk in zip(gens, m)]
-            # discriminator: real vs the mixture's fakes (pi-weighted), fakes detached
+            # one discriminator call on all generators' fakes, each weighted pi_k / m_k (= the pi-weighted mean)
+            fake = torch.cat([g(torch.randn(mk, latent_dim)) for g, mk in zip(gens, m)])
+            # discriminator: real vs the mixture's fakes, fakes detached
             if r1:
                 real.requires_grad_(True)
             d_real = disc(real)
-            d_loss = F.softplus(-d_real).mean() + sum(
-                float(p) * F.softplus(disc(f.detach())).mean() for p, f in zip(pi, fakes)
-            )
+            d_loss = F.softplus(-d_real).mean() + (w_fake * F.softplus(disc(fake.detach()))).sum()
             if r1:
                 # R1 penalty (Mescheder et al. 2018): without it the shared D goes flat and each generator
                 # shrinks to a point that circles inside its cluster
@@ -304,7 +307,7 @@ def fit_gan_ensemble(
             d_loss.backward()
             opt_d.step()
             # generators, on the same fakes against the updated discriminator (= generator_loss)
-            g_adv = sum(float(p) * F.softplus(-disc(f)).mean() for p, f in zip(pi, fakes))
+            g_adv = (w_fake * F.softplus(-disc(fake))).sum()
             opt_g.zero_grad(set_to_none=True)
             g_adv.backward()
             opt_g.step()
