@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from scatterbird.errors import Interrupted, OutputError, ScatterbirdError
+from scatterbird.errors import AnalysisError, Interrupted, OutputError, ScatterbirdError
 from scatterbird.models.registry import available_detectors, build_detector, describe_model, load_detector
 from scatterbird.pipeline.analysis.run import STAGES, AnalysisOptions, analyze_inputs
 from scatterbird.pipeline.config import GRIDS, THRESHOLD_MODES, FeatureConfig
@@ -359,10 +359,32 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
 
 
 # -- analyze -------------------------------------------------------------------------------------------
+def _number_list(option: str, text: str, kind: type) -> tuple:
+    """A comma-separated option value as numbers, or an error naming the option."""
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise AnalysisError(f"{option}: expected comma-separated {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise AnalysisError(f"{option}: no value given")
+    return values
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGES
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise AnalysisError(f"--stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    couplings = _number_list("--gan-couplings", args.gan_couplings, float)
+    sizes = _number_list("--ae-sizes", args.ae_sizes, int)
+    if min(couplings) < 0:
+        raise AnalysisError(f"--gan-couplings: couplings must be >= 0, got {args.gan_couplings}")
+    if min(sizes) < 1:
+        raise AnalysisError(f"--ae-sizes: sizes must be >= 1, got {args.ae_sizes}")
     options = AnalysisOptions(
-        stages=stages, max_clips=args.max_clips, detail_clips=args.detail_clips, slice_grid=args.slice_grid, seed=args.seed
+        stages=stages, max_clips=args.max_clips, detail_clips=args.detail_clips, slice_grid=args.slice_grid, seed=args.seed,
+        em_latent=args.em_latent, em_iters=args.em_iters, gan_couplings=couplings, gan_steps=args.gan_steps,
+        ae_sizes=sizes, ae_group_weight=args.ae_group_weight, ae_steps=args.ae_steps,
     )
     analysis, written, clips = analyze_inputs(
         args.inputs, args.output, model_path=args.model, labels_csv=args.labels, options=options,
@@ -556,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze",
-        help="spline-theory analyses of a trained network detector (templates, codes, regions, beta-VQ, rugosity)",
+        help="spline-theory analyses of a trained network detector (templates, codes, regions, beta-VQ, rugosity, "
+        "and the generative stages: EM novelty, generator ensembles, group autoencoder)",
         description=(
             "Runs the analysis stages of models/spline on audio files (or .npz feature files) with a trained "
             "piecewise-affine detector and writes OUTDIR/analysis.json, PNG figures and OUTDIR/index.html. "
@@ -572,9 +595,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=64, help="clips for templates, codes, beta sweep (default %(default)s)")
     p.add_argument("--detail-clips", type=int, default=4,
                    help="clips for exact region counts, local complexity, rugosity (default %(default)s)")
-    p.add_argument("--stages", help="comma-separated subset of templates,codes,power_diagram,beta_sweep,rugosity")
+    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--slice-grid", type=int, default=80, help="grid points per axis of the 2-D slices (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default %(default)s)")
+    p.add_argument("--em-latent", type=int, choices=(1, 2), default=1,
+                   help="latent dimension of the EM generator of em_novelty (default %(default)s)")
+    p.add_argument("--em-iters", type=int, default=20, help="EM iterations of em_novelty (default %(default)s)")
+    p.add_argument("--gan-couplings", default="0,0.1,1,10",
+                   help="coupling strengths (lambda) of gan_ensemble, comma-separated (default %(default)s)")
+    p.add_argument("--gan-steps", type=int, default=1500, help="training steps per generator ensemble (default %(default)s)")
+    p.add_argument("--ae-sizes", default="50,200,1000",
+                   help="training windows of group_ae's generalisation gap, comma-separated (default %(default)s)")
+    p.add_argument("--ae-group-weight", type=float, default=1.0,
+                   help="weight of the group regulariser in group_ae (default %(default)s)")
+    p.add_argument("--ae-steps", type=int, default=600, help="gradient steps per autoencoder fit in group_ae (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions and generative fits (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_threads_option(p)
     p.set_defaults(func=cmd_analyze)

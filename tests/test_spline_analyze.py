@@ -22,6 +22,9 @@ from scatterbird.pipeline.frontend.scattering import Scattering, scatter_file
 torch.set_num_threads(1)
 
 CONFIG = FeatureConfig(sample_rate=8000, J=6, Q1=4, threshold="none")
+#: Generative stages at test size (the defaults train for a minute).
+SMALL_GENERATIVE = ["--em-iters", "4", "--gan-couplings", "0,100", "--gan-steps", "150", "--ae-sizes", "20,60", "--ae-steps", "60"]
+SMALL_OPTIONS = dict(em_iters=4, gan_couplings=(0.0, 100.0), gan_steps=150, ae_sizes=(20, 60), ae_steps=60)
 
 
 def _linked(html: str) -> list[str]:
@@ -58,6 +61,7 @@ def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
     code = cli.main([
         "analyze", str(d / "wav"), "--model", str(d / "model.pt"), "--labels", str(d / "labels.csv"),
         "-o", str(out), "--detail-clips", "2", "--slice-grid", "30", "--cache", str(tmp_path / "cache"), "-q",
+        *SMALL_GENERATIVE,
     ])
     assert code == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
@@ -80,6 +84,21 @@ def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
     }
     assert s["model"]["kind"] == "inversion"
     assert "6 clip(s)" in capsys.readouterr().out
+    # the generative stages: every clip scored, the EM likelihood never went down, one row per coupling and
+    # per (size, regulariser)
+    em = s["em_novelty"]
+    assert len(em["per_clip"]) == 6 and em["reference"] == "labels"
+    assert sorted(r["role"] for r in em["per_clip"]).count("fitted") == 2  # every other no-bird clip
+    h = em["log_likelihood_history"]
+    assert len(h) >= 2 and all(b >= a - 1e-9 for a, b in zip(h, h[1:]))
+    assert em["n_regions"] >= 1 and 0.0 <= em["auc_bird_vs_held_out_no_bird"] <= 1.0
+    assert [r["coupling"] for r in s["gan_ensemble"]["per_coupling"]] == [0.0, 100.0]
+    assert all(0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0 for r in s["gan_ensemble"]["per_coupling"])
+    rows = s["group_ae"]["rows"]
+    assert [(r["train_windows"], r["group_weight"]) for r in rows] == [(20, 0.0), (20, 1.0), (60, 0.0), (60, 1.0)]
+    assert all(abs(r["gap"] - (r["test_error"] - r["train_error"])) < 1e-9 for r in rows)
+    for heading in ("Exact-likelihood novelty", "Generator ensembles", "Group autoencoder"):
+        assert heading in html
 
 
 def test_analyze_without_labels_and_with_some_stages(synthetic_set, tmp_path):
@@ -199,3 +218,38 @@ def test_analyze_with_the_bundled_model_caches_in_the_user_cache(tmp_path, monke
     cached = list((tmp_path / "user-cache" / "features" / config.hash).glob("*.npz"))
     assert len(cached) == 3
     assert snapshot() == before and not (package_data / ".cache").exists()
+
+
+def test_generative_stages_say_why_they_are_skipped(tmp_path):
+    """No bird clip: the ensemble stage is skipped with the reason (shown on the page); clips shorter than the
+    autoencoder's window likewise; the EM stage still runs on the no-bird clips."""
+    net, (c, t) = random_inversion_net(0, n_channels=5, n_frames=16)
+    rng = np.random.default_rng(1)
+    clips = ClipSet([f"c{i}" for i in range(6)], [rng.normal(size=(t, c)).astype(np.float32) for _ in range(6)],
+                    labels=np.zeros(6, dtype=int))
+    opts = AnalysisOptions(stages=("gan_ensemble", "group_ae", "em_novelty"), ae_window=t + 1, **SMALL_OPTIONS)
+    an = run_analysis(spline_model(net, n_channels=c), clips, opts)
+    assert an.summary["gan_ensemble"] == {"skipped": "no bird clip (by labels)"}
+    assert "shorter than the" in an.summary["group_ae"]["skipped"]
+    assert an.summary["em_novelty"]["reference"] == "labels"
+    written = {p.name for p in write_report(tmp_path, an)}
+    assert "gan_ensemble.png" not in written and "group_ae.png" not in written and "em_novelty.png" in written
+    html = (tmp_path / "index.html").read_text()
+    assert "Skipped: no bird clip (by labels)." in html
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stages", "codes,em_novelty,gans"], "--stages: unknown stage(s) gans; known: templates"),
+        (["--gan-couplings", "0,lots"], "--gan-couplings: expected comma-separated float values, got '0,lots'"),
+        (["--gan-couplings", "-1"], "--gan-couplings: couplings must be >= 0"),
+        (["--ae-sizes", "0,10"], "--ae-sizes: sizes must be >= 1"),
+    ],
+)
+def test_analyze_names_a_wrong_option(synthetic_set, tmp_path, capsys, args, message):
+    code = cli.main(["analyze", str(synthetic_set / "wav"), "--model", str(synthetic_set / "model.pt"),
+                     "-o", str(tmp_path / "o"), "-q", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

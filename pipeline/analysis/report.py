@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scatterbird.pipeline.analysis.report_generative import GENERATIVE_FIGURES, generative_figure_makers, generative_page
 from scatterbird.pipeline.html_report import new_figure, render, save_png, table, written_at
 
 #: Figure files, by the stage that feeds them.
@@ -26,6 +27,7 @@ FIGURES = {
     "region_slice.png": "power_diagram",
     "beta_sweep.png": "beta_sweep",
     "rugosity.png": "rugosity",
+    **GENERATIVE_FIGURES,
 }
 
 #: Columns of the codes table and of the beta-sweep tables, in order (those present are shown).
@@ -384,6 +386,7 @@ def _page(summary: dict, figures: list[str]) -> dict[str, Any]:
         }
     for stage in ("templates", "codes", "power_diagram", "beta_sweep", "rugosity"):
         page.setdefault(stage, None)
+    page.update(generative_page(s))
     return page
 
 
@@ -414,6 +417,7 @@ def write_report(outdir: str | os.PathLike, analysis: Any) -> list[Path]:
     if "rugosity" in a:
         regions = s.get("power_diagram", {}).get("regions_along")
         makers["rugosity.png"] = lambda p: _fig_rugosity(a["rugosity"]["values"], regions, p)
+    makers.update(generative_figure_makers(s, a))
     figures = []
     for name, make in makers.items():
         make(out / name)

@@ -10,7 +10,10 @@ The stages (see docs/spline-analyses.md §8 for why these):
 4. ``beta_sweep``: accuracy and calibration as every nonlinearity moves from hard (beta = 1) to linear
    (and, for networks with max-pooling, as the activations alone move);
 5. ``rugosity``: finite-difference tangent Hessian along time shift, frequency shift, gain and noise, each
-   against an isotropic direction of the same size.
+   against an isotropic direction of the same size;
+6. ``em_novelty``, ``gan_ensemble``, ``group_ae``: the generative stages (:mod:`pipeline.analysis.generative`):
+   an exact-likelihood novelty score from a piecewise-affine generator fitted by EM, generator ensembles with
+   the coupling regulariser on bird features, and the group autoencoder's generalisation gap.
 
 :func:`run_analysis` takes arrays only. :func:`load_clips` and :func:`analyze_inputs` are the file-facing
 part used by the command line (audio or feature files in, an output directory written by
@@ -43,6 +46,12 @@ from scatterbird.models.spline.network import PointwiseHandler, SplineNet, handl
 from scatterbird.models.spline.power_diagram import centroid_radius, local_complexity, regions_on_segment, slice_regions
 from scatterbird.models.spline.rugosity import jacobian_norm, tangent_rugosity
 from scatterbird.pipeline import datasets
+from scatterbird.pipeline.analysis.generative import (
+    GENERATIVE_STAGES,
+    stage_em_novelty,
+    stage_gan_ensemble,
+    stage_group_ae,
+)
 from scatterbird.pipeline.analysis.report import write_report
 from scatterbird.pipeline.clip_features import FeatureCache, compute_features
 from scatterbird.pipeline.config import FeatureConfig
@@ -51,7 +60,9 @@ from scatterbird.pipeline.frontend.audio import AUDIO_EXTENSIONS
 from scatterbird.pipeline.frontend.features import load_scattergram, scattering_for
 from scatterbird.pipeline.frontend.inputs import find_audio
 
-STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
+#: The analyses of the trained network itself.
+SPLINE_STAGES = ("templates", "codes", "power_diagram", "beta_sweep", "rugosity")
+STAGES = SPLINE_STAGES + GENERATIVE_STAGES
 
 #: Clips the analyses need at the least (a 2-D slice through three clips; nearest neighbours of each).
 MIN_CLIPS = 3
@@ -189,6 +200,26 @@ class AnalysisOptions:
     lc_vertices : int
     slice_grid : int
         Grid points per axis of the 2-D slice.
+    em_latent : int
+        Latent dimension (1 or 2) of the EM generator.
+    em_dim : int
+        PCA dimensions of the window embeddings the EM generator models.
+    em_iters : int
+        EM iterations.
+    gan_couplings : sequence of float
+        Coupling strengths (lambda) of the generator ensembles, one ensemble each.
+    gan_generators : int
+        Generators per ensemble.
+    gan_steps : int
+        Training steps per ensemble.
+    ae_window : int
+        Frames per autoencoder window.
+    ae_sizes : sequence of int
+        Training-set sizes (windows) of the generalisation-gap measurement.
+    ae_group_weight : float
+        Weight of the group regulariser in the regularised autoencoder.
+    ae_steps : int
+        Gradient steps per autoencoder fit (the same for every training-set size).
     seed : int
     """
 
@@ -203,6 +234,16 @@ class AnalysisOptions:
     lc_radius: float = 0.01
     lc_vertices: int = 40
     slice_grid: int = 80
+    em_latent: int = 1
+    em_dim: int = 2
+    em_iters: int = 20
+    gan_couplings: Sequence[float] = (0.0, 0.1, 1.0, 10.0)
+    gan_generators: int = 3
+    gan_steps: int = 1500
+    ae_window: int = 5
+    ae_sizes: Sequence[int] = (50, 200, 1000)
+    ae_group_weight: float = 1.0
+    ae_steps: int = 600
     seed: int = 0
 
 
@@ -334,6 +375,23 @@ def run_analysis(
     if "rugosity" in opt.stages:
         with stage("rugosity"):
             summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
+    if "em_novelty" in opt.stages:
+        with stage("em_novelty", "EM generator novelty"):
+            summary["em_novelty"], arrays["em_novelty"] = stage_em_novelty(
+                view, X, names, y, log_odds, latent_dim=opt.em_latent, dim=opt.em_dim, n_iter=opt.em_iters, seed=opt.seed
+            )
+    if "gan_ensemble" in opt.stages:
+        with stage("gan_ensemble", "generator ensembles"):
+            summary["gan_ensemble"], arrays["gan_ensemble"] = stage_gan_ensemble(
+                view, X, y, log_odds, couplings=opt.gan_couplings, n_generators=opt.gan_generators,
+                steps=opt.gan_steps, seed=opt.seed,
+            )
+    if "group_ae" in opt.stages:
+        with stage("group_ae", "group autoencoder"):
+            summary["group_ae"], arrays["group_ae"] = stage_group_ae(
+                X, clips.order, width=opt.ae_window, sizes=opt.ae_sizes, group_weight=opt.ae_group_weight, steps=opt.ae_steps,
+                seed=opt.seed,
+            )
     summary["seconds"] = timings
     return Analysis(summary, arrays)
 
