@@ -17,8 +17,9 @@ Each stage function takes the analysed network, the clips as the network's input
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ GENERATIVE_STAGES = ("em_novelty", "gan_ensemble", "group_ae")
 #: Fewest windows a generative fit is attempted on.
 MIN_WINDOWS = 20
 
+#: Floor of the EM generator's noise level, in standardised PCA units.
+MIN_SIGMA_X = 1e-2
+
 
 @dataclass
 class Projection:
@@ -46,7 +50,7 @@ class Projection:
     explained: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, dim: int) -> "Projection":
+    def fit(cls, x: np.ndarray, dim: int) -> Projection:
         """Principal directions of ``x`` (n, d); ``explained`` is each kept direction's share of the variance."""
         x = np.asarray(x, dtype=np.float64)
         centre = x.mean(0)
@@ -126,7 +130,9 @@ def stage_em_novelty(
         return {"skipped": f"{len(fit_windows)} reference windows; at least {MIN_WINDOWS} are needed"}, {}
     proj = Projection.fit(fit_windows, dim)
     train = _subsample(proj(fit_windows), max_windows, rng)
-    fit = fit_em(train, latent_dim=latent_dim, widths=widths, n_iter=n_iter, seed=seed)
+    # The coordinates are standardised; the floor keeps repeated windows (silence, padding) from driving
+    # sigma_x to zero, where the likelihood has no maximum.
+    fit = fit_em(train, latent_dim=latent_dim, widths=widths, n_iter=n_iter, seed=seed, min_sigma_x=MIN_SIGMA_X)
     clip_ll = [fit.log_likelihood(proj(e)) for e in emb]
     novelty = np.array([-float(ll.mean()) for ll in clip_ll])
     role = np.full(len(names), "scored", dtype=object)
@@ -134,9 +140,9 @@ def stage_em_novelty(
     role[held_ref] = "held-out reference"
     summary: dict[str, Any] = {
         "reference": by,
-        "n_fit_clips": int(len(fit_clips)),
-        "n_held_out_reference_clips": int(len(held_ref)),
-        "n_fit_windows": int(len(train)),
+        "n_fit_clips": len(fit_clips),
+        "n_held_out_reference_clips": len(held_ref),
+        "n_fit_windows": len(train),
         "embedding_units": int(fit_windows.shape[1]),
         "pca_dim": int(proj.basis.shape[1]),
         "pca_explained": proj.explained.tolist(),
@@ -211,8 +217,8 @@ def stage_gan_ensemble(
     best = max(range(len(table)), key=lambda i: table[i]["f1"])
     summary = {
         "birds": by,
-        "n_bird_clips": int(len(birds)),
-        "n_windows": int(len(x)),
+        "n_bird_clips": len(birds),
+        "n_windows": len(x),
         "pca_explained": proj.explained.tolist(),
         "n_generators": int(n_generators),
         "steps": int(steps),
@@ -259,7 +265,7 @@ def stage_group_ae(
         "first_order_channels": None if first_order is None else int(first_order.sum()),
         "train_clips": len(train_clips),
         "held_out_clips": len(test_clips),
-        "held_out_windows": int(len(test)),
+        "held_out_windows": len(test),
         "rows": rows,
         "notes": "errors: mean squared error per element on the detector's standardised input; "
                  "gap = held-out error - training error; training windows drawn from every other clip",

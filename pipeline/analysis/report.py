@@ -15,7 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scatterbird.pipeline.analysis.report_generative import GENERATIVE_FIGURES, generative_figure_makers, generative_page
+from scatterbird.pipeline.analysis.report_generative import (
+    GENERATIVE_FIGURES,
+    generative_figure_makers,
+    generative_page,
+)
 from scatterbird.pipeline.html_report import new_figure, render, save_png, table, written_at
 
 #: Figure files, by the stage that feeds them.
