@@ -242,3 +242,34 @@ def test_backtracking_rejects_a_step_that_lowers_the_likelihood(monkeypatch):
     h = np.array(fit.history)
     assert calls and (np.diff(h) >= 0).all()
     assert h[0] == pytest.approx(start, abs=1e-12)
+
+
+# -- repeated rows (issue 17 review) ------------------------------------------------------------------------------
+def _zeros_and_curve() -> np.ndarray:
+    t = np.random.default_rng(0).uniform(-3, 3, 600)
+    return np.vstack([np.zeros((900, 2)), np.stack([t, 2 + np.cos(1.4 * t)], 1)])
+
+
+def test_init_and_em_stay_finite_with_many_repeated_rows():
+    """900 identical rows + 600 on a curve: k-means used to pick the same centre twice (NaN weights for
+    seeds 0, 4, 7, 8, 9, 12, ...) and fit_em returned history == [nan]."""
+    x = _zeros_and_curve()
+    for seed in range(14):
+        gen, sx, sz = em.init_generator(x, 1, (8,), seed)
+        assert all(np.isfinite(p.detach().numpy()).all() for p in gen.parameters()), seed
+        h = np.array(fit_em(x, latent_dim=1, widths=(8,), n_iter=2, seed=seed).history)
+        assert len(h) >= 2 and np.isfinite(h).all() and (np.diff(h) >= 0).all(), (seed, h)
+
+
+def test_fit_em_raises_on_a_non_finite_start(monkeypatch):
+    x = _wave(100, 5)
+
+    def nan_init(x, S, widths, seed, negative_slope):
+        gen = CPAGenerator(S, x.shape[1], widths, negative_slope, seed)
+        with torch.no_grad():
+            gen.layers[-1].bias.fill_(float("nan"))
+        return gen, 0.3, 1.0
+
+    monkeypatch.setattr(em, "init_generator", nan_init)
+    with pytest.raises(ValueError, match="not finite"):
+        fit_em(x, latent_dim=1, widths=(8,), n_iter=2)

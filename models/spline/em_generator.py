@@ -327,12 +327,21 @@ class EMFit:
 def _ordered_centres(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """k-means centres of ``x`` ordered along a short open path (nearest-neighbour tour from every start,
     then 2-opt), and the share of the data nearest to each: a crude principal curve."""
-    centres = x[rng.choice(len(x), size=k, replace=False)].copy()
+    # start from distinct rows: with many repeated rows, centres drawn from x coincide, one of each pair
+    # stays empty and two knots collapse (0/0 end slope, NaN weights)
+    uniq = np.unique(x, axis=0)
+    centres = uniq[rng.choice(len(uniq), size=k, replace=False)].copy()
     for _ in range(50):  # Lloyd iterations
-        lab = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+        lab = d2.argmin(1)
         for j in range(k):
             if (lab == j).any():
                 centres[j] = x[lab == j].mean(0)
+            else:  # an empty centre moves to the row farthest from its centre (distinct from all centres)
+                far = int(d2.min(1).argmax())
+                centres[j] = x[far]
+                d2[far] = 0.0
+    lab = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
     dist = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1))
 
     def length(path):
@@ -390,9 +399,12 @@ def init_generator(
     h = gen.widths[0]
     t = np.linspace(-3.5, 3.5, 201 if S == 1 else 41)
     zg = t[:, None] if S == 1 else np.stack([a.ravel() for a in np.meshgrid(t, t, indexing="ij")], 1)
-    if S == 1 and n >= h + 2:
+    if S == 1 and len(np.unique(x, axis=0)) >= h + 2:
         cs, share = _ordered_centres(x, h + 2, rng)
         knots = ndtri(np.clip(np.cumsum(share) - 0.5 * share, 1e-3, 1 - 1e-3))
+        # strictly increasing (clipping can make end knots equal): distinct breakpoints, finite end slopes
+        for i in range(1, len(knots)):
+            knots[i] = max(knots[i], knots[i - 1] + 1e-3)
         target = np.stack([np.interp(zg[:, 0], knots, cs[:, d]) for d in range(D)], 1)
         # linear extension beyond the end centres
         for end, (i, j) in (("lo", (0, 1)), ("hi", (-1, -2))):
@@ -474,6 +486,11 @@ def fit_em(
     sx = max(sx, floor)
     post = compute_posterior(gen, sx, sz, x, box_sigmas=box_sigmas)
     L = float(post.log_px.mean())
+    if not np.isfinite(L):
+        raise ValueError(
+            f"fit_em: the initial mean log-likelihood is {L} (not finite); the initialisation failed "
+            "(non-finite data or a degenerate start)"
+        )
     history = [L]
     for it in range(n_iter):
         st = _sufficient_stats(post, x)
