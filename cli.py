@@ -379,8 +379,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sizes = _number_list("--ae-sizes", args.ae_sizes, int)
     if min(couplings) < 0:
         raise AnalysisError(f"--gan-couplings: couplings must be >= 0, got {args.gan_couplings}")
-    if min(sizes) < 1:
-        raise AnalysisError(f"--ae-sizes: sizes must be >= 1, got {args.ae_sizes}")
+    if min(sizes) < 2:
+        raise AnalysisError(f"--ae-sizes: sizes must be >= 2 windows, got {args.ae_sizes}")
+    couplings, sizes = tuple(dict.fromkeys(couplings)), tuple(dict.fromkeys(sizes))  # repeats dropped, order kept
     options = AnalysisOptions(
         stages=stages, max_clips=args.max_clips, detail_clips=args.detail_clips, slice_grid=args.slice_grid, seed=args.seed,
         em_latent=args.em_latent, em_iters=args.em_iters, gan_couplings=couplings, gan_steps=args.gan_steps,

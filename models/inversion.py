@@ -654,7 +654,10 @@ class InversionDetector(Detector):
         windows = sample_windows(seqs, k, min(FRONT_WINDOWS, n_positions), seed=int(self.random_state))
         first = np.zeros(n_channels, dtype=bool)  # without front_first_order: the time shift only
         if self.front_first_order is not None:
-            first[np.asarray(self.front_first_order, dtype=np.int64)] = True
+            index = np.asarray(self.front_first_order)
+            if index.dtype == bool:  # a mask would silently be read as the indices 0 and 1
+                raise DetectorError("front_first_order: give the first-order channels' indices, not a boolean mask")
+            first[index.astype(np.int64)] = True
         weight = float(self.front_group_weight) if self.front_pretrain == "group" else 0.0
         fit = fit_group_autoencoder(
             windows, latent=int(self.front_channels), hidden=FRONT_HIDDEN, group_weight=weight, first_order=first,
@@ -666,8 +669,8 @@ class InversionDetector(Detector):
             self.net_.front.bias.copy_(b)
         self.front_pretraining_ = {
             "windows": int(len(windows)), "group_weight": weight,
-            "reconstruction_error": fit.reconstruction_error(windows), "seconds": float(fit.history["seconds"]),
-        }
+            "reconstruction_error": fit.reconstruction_error(windows),
+        }  # no timing: the record is part of the model's hash, which must not depend on the clock
 
     def _standardise(self, seqs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [(s - self.mean_) / self.std_ for s in seqs]

@@ -129,6 +129,17 @@ def test_front_detector_fits_saves_and_loads(tmp_path):
     assert again.front_pretraining_ == det.front_pretraining_
 
 
+def test_front_model_hash_is_reproducible_and_a_mask_is_refused():
+    """Two identical seeded fits give one hash (the pre-training record holds no timing); a boolean mask
+    given for the channel indices is refused rather than read as the indices 0 and 1."""
+    seqs, y = easy_sequences(24, 6, seed=0)
+    hashes = {_front_detector(max_epochs=1, front_first_order=[1, 2]).fit(seqs, y).model_hash for _ in range(2)}
+    assert len(hashes) == 1
+    mask = [False, True, True, False, False, False]
+    with pytest.raises(DetectorError, match="indices, not a boolean mask"):
+        _front_detector(max_epochs=0, front_first_order=mask).fit(seqs, y)
+
+
 def test_front_detector_conformance(tmp_path):
     check_detector(lambda seed: _front_detector(random_state=seed), tmp_path, n_channels=12)
 

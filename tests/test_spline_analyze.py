@@ -97,6 +97,10 @@ def test_analyze_writes_every_promised_file(synthetic_set, tmp_path, capsys):
     rows = s["group_ae"]["rows"]
     assert [(r["train_windows"], r["group_weight"]) for r in rows] == [(20, 0.0), (20, 1.0), (60, 0.0), (60, 1.0)]
     assert all(abs(r["gap"] - (r["test_error"] - r["train_error"])) < 1e-9 for r in rows)
+    label = {f"clip{i}": int(i % 2 == 0) for i in range(6)}  # both halves hold both classes
+    for half in ("train_clips", "held_out_clips"):
+        assert {label[c] for c in s["group_ae"][half]} == {0, 1}
+    assert not set(s["group_ae"]["train_clips"]) & set(s["group_ae"]["held_out_clips"])
     for heading in ("Exact-likelihood novelty", "Generator ensembles", "Group autoencoder"):
         assert heading in html
 
@@ -244,7 +248,7 @@ def test_generative_stages_say_why_they_are_skipped(tmp_path):
         (["--stages", "codes,em_novelty,gans"], "--stages: unknown stage(s) gans; known: templates"),
         (["--gan-couplings", "0,lots"], "--gan-couplings: expected comma-separated float values, got '0,lots'"),
         (["--gan-couplings", "-1"], "--gan-couplings: couplings must be >= 0"),
-        (["--ae-sizes", "0,10"], "--ae-sizes: sizes must be >= 1"),
+        (["--ae-sizes", "1,10"], "--ae-sizes: sizes must be >= 2 windows"),
     ],
 )
 def test_analyze_names_a_wrong_option(synthetic_set, tmp_path, capsys, args, message):
@@ -253,3 +257,20 @@ def test_analyze_names_a_wrong_option(synthetic_set, tmp_path, capsys, args, mes
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_generative_fit_is_reported_and_the_other_stages_kept(monkeypatch):
+    from scatterbird.pipeline.analysis import generative
+
+    def broken(*args, **kwargs):
+        raise ValueError("initial log-likelihood is not finite")
+
+    monkeypatch.setattr(generative, "fit_em", broken)
+    net, (c, t) = random_inversion_net(0, n_channels=5, n_frames=24)
+    rng = np.random.default_rng(2)
+    clips = ClipSet([f"c{i}" for i in range(6)], [rng.normal(size=(t, c)).astype(np.float32) for _ in range(6)],
+                    labels=np.array([1, 0, 1, 0, 1, 0]))
+    an = run_analysis(spline_model(net, n_channels=c), clips,
+                      AnalysisOptions(stages=("codes", "em_novelty", "group_ae"), ae_window=3, **SMALL_OPTIONS))
+    assert an.summary["em_novelty"] == {"skipped": "failed: initial log-likelihood is not finite"}
+    assert "per_layer" in an.summary["codes"] and len(an.summary["group_ae"]["rows"]) == 4

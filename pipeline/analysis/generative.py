@@ -56,9 +56,12 @@ class Projection:
         centre = x.mean(0)
         _, s, vt = np.linalg.svd(x - centre, full_matrices=False)
         dim = int(min(dim, vt.shape[0]))
-        basis = vt[:dim].T
         var = s**2
-        scale = np.maximum(s[:dim] / np.sqrt(max(len(x) - 1, 1)), 1e-12)
+        # Keep only directions with real spread: a near-empty one would blow unseen points up.
+        dim = max(1, int(min(dim, np.sum(s > 1e-6 * max(s[0], 1e-300)))))
+        basis = vt[:dim].T
+        scale = s[:dim] / np.sqrt(max(len(x) - 1, 1))
+        scale = np.where(scale > 0, scale, 1.0)
         return cls(centre, basis, scale, var[:dim] / max(var.sum(), 1e-300))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -232,9 +235,27 @@ def stage_gan_ensemble(
 
 
 # -- 3. group autoencoder: generalisation gap --------------------------------------------------------------
+def _split_clips(y: np.ndarray | None, n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Clips in two halves (training, held out), each class halved at random, so that neither half is one class."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if y is None else [np.nonzero(y == c)[0] for c in np.unique(y)]
+    train: list[int] = []
+    test: list[int] = []
+    for g in groups:
+        g = rng.permutation(g)
+        k = (len(g) + 1) // 2
+        train.extend(g[:k].tolist())
+        test.extend(g[k:].tolist())
+    if not test:  # a single clip of every class: hold out one of the training ones
+        test.append(train.pop())
+    return sorted(train), sorted(test)
+
+
 def stage_group_ae(
     X: torch.Tensor,
     order: np.ndarray | None,
+    names: list[str],
+    y: np.ndarray | None,
     *,
     width: int = 5,
     sizes: Sequence[int] = (50, 200, 1000),
@@ -249,25 +270,34 @@ def stage_group_ae(
     if t < width:
         return {"skipped": f"clips of {t} frames are shorter than the {width}-frame window"}, {}
     seqs = [X[i].numpy().T.astype(np.float64) for i in range(n)]  # (frames, channels)
-    train_clips, test_clips = list(range(0, n, 2)), list(range(1, n, 2))
+    train_clips, test_clips = _split_clips(y, n, seed)
+    # Without channel metadata the whole channel axis is taken as the frequency axis (as the rugosity
+    # directions do).
     first_order = None if order is None or len(order) != c else np.asarray(order) == 1
     test = sample_windows([seqs[i] for i in test_clips], width, n_test, seed=seed + 1)
     pool = sample_windows([seqs[i] for i in train_clips], width, max(sizes), seed=seed)
+    positions = len(train_clips) * (t - width + 1)  # distinct training windows there are
     rows = []
     for size in sizes:
         for gw in (0.0, float(group_weight)):
             r = generalisation_gap(pool[:size], test, group_weight=gw, first_order=first_order, seed=seed, steps=steps)
-            rows.append({"train_windows": int(size), "group_weight": gw, **{k: float(v) for k, v in r.items()}})
+            rows.append({
+                "train_windows": int(size), "distinct_windows": int(len(np.unique(pool[:size].reshape(size, -1), axis=0))),
+                "group_weight": gw, **{k: float(v) for k, v in r.items()},
+            })
     summary = {
         "window_frames": int(width),
         "steps": int(steps),
         "channels": int(c),
         "first_order_channels": None if first_order is None else int(first_order.sum()),
-        "train_clips": len(train_clips),
-        "held_out_clips": len(test_clips),
+        "frequency_axis": "first-order channels" if first_order is not None else "all channels (no channel metadata)",
+        "train_clips": [names[i] for i in train_clips],
+        "held_out_clips": [names[i] for i in test_clips],
+        "training_window_positions": int(positions),
         "held_out_windows": len(test),
         "rows": rows,
         "notes": "errors: mean squared error per element on the detector's standardised input; "
-                 "gap = held-out error - training error; training windows drawn from every other clip",
+                 "gap = held-out error - training error; clips split in two halves, each class halved at random; "
+                 "training windows are drawn with replacement when there are fewer positions than windows",
     }
     return summary, {"rows": rows}

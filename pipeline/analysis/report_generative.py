@@ -72,6 +72,9 @@ def _fig_gan(a: dict, s: dict, path: Path) -> None:
     fig = new_figure(3.4 * n, 3.4)
     axes = fig.subplots(1, n, squeeze=False)[0]
     real = a["real"]
+    if real.shape[1] < 2:  # one principal direction only: show it against the sample index
+        real = np.column_stack([real[:, 0], np.zeros(len(real))])
+        samples = {k: np.column_stack([v[:, 0], np.zeros(len(v))]) for k, v in samples.items()}
     rows = {float(r["coupling"]): r for r in s["per_coupling"]}
     for ax, (lam, smp) in zip(axes, samples.items()):
         ax.scatter(real[:, 0], real[:, 1], s=3, c="C0", alpha=0.4, label="bird windows")

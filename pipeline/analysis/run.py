@@ -375,23 +375,26 @@ def run_analysis(
     if "rugosity" in opt.stages:
         with stage("rugosity"):
             summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
-    if "em_novelty" in opt.stages:
-        with stage("em_novelty", "EM generator novelty"):
-            summary["em_novelty"], arrays["em_novelty"] = stage_em_novelty(
-                view, X, names, y, log_odds, latent_dim=opt.em_latent, dim=opt.em_dim, n_iter=opt.em_iters, seed=opt.seed
-            )
-    if "gan_ensemble" in opt.stages:
-        with stage("gan_ensemble", "generator ensembles"):
-            summary["gan_ensemble"], arrays["gan_ensemble"] = stage_gan_ensemble(
-                view, X, y, log_odds, couplings=opt.gan_couplings, n_generators=opt.gan_generators,
-                steps=opt.gan_steps, seed=opt.seed,
-            )
-    if "group_ae" in opt.stages:
-        with stage("group_ae", "group autoencoder"):
-            summary["group_ae"], arrays["group_ae"] = stage_group_ae(
-                X, clips.order, width=opt.ae_window, sizes=opt.ae_sizes, group_weight=opt.ae_group_weight, steps=opt.ae_steps,
-                seed=opt.seed,
-            )
+    generative = {
+        "em_novelty": ("EM generator novelty", lambda: stage_em_novelty(
+            view, X, names, y, log_odds, latent_dim=opt.em_latent, dim=opt.em_dim, n_iter=opt.em_iters, seed=opt.seed)),
+        "gan_ensemble": ("generator ensembles", lambda: stage_gan_ensemble(
+            view, X, y, log_odds, couplings=opt.gan_couplings, n_generators=opt.gan_generators, steps=opt.gan_steps,
+            seed=opt.seed)),
+        "group_ae": ("group autoencoder", lambda: stage_group_ae(
+            X, clips.order, names, y, width=opt.ae_window, sizes=opt.ae_sizes, group_weight=opt.ae_group_weight,
+            steps=opt.ae_steps, seed=opt.seed)),
+    }
+    for name, (message, run) in generative.items():
+        if name not in opt.stages:
+            continue
+        with stage(name, message):
+            try:
+                summary[name], arrays[name] = run()
+            except (ValueError, RuntimeError, ArithmeticError, np.linalg.LinAlgError) as exc:
+                # A fit that fails on these clips must not lose the other stages' results: say why instead.
+                summary[name], arrays[name] = {"skipped": f"failed: {exc}"}, {}
+                say(f"{message} failed: {exc}")
     summary["seconds"] = timings
     return Analysis(summary, arrays)
 
