@@ -10,7 +10,9 @@ ones), with ``phi0``, ``phi1``, ``phi2`` as properties.
 * :func:`polygon_moments`: whiten, then for the standard normal ``Phi0`` is a signed sum over the polygon's
   edges of origin triangles, each closed form in ``atan`` and Owen's T; ``Phi1`` and ``Phi2`` follow from
   the divergence theorem as edge integrals closed form in the normal cdf/pdf. Accuracy is absolute
-  (about 1e-15 on ``Phi0``), so ``mean``/``second`` lose relative accuracy where ``Phi0`` is below ~1e-12.
+  (about 1e-16 on ``Phi0``), so where ``Phi0 < LOG_SPACE_BELOW`` (polygons far from the mean) the pair
+  is redone by :func:`log_space_polygon_moments`: nearest point factored out, exact inner integral,
+  Gauss-Legendre outer one, all in log space (``Phi0`` may be e^-10000).
 
 Derivations: docs/em-generator.md §3.
 """
@@ -149,6 +151,95 @@ def std_polygon_moments(a: np.ndarray, b: np.ndarray, starts: np.ndarray):
     return phi0, m1, m2
 
 
+#: Below this ``Phi0`` the Owen's T sum (absolute accuracy ~1e-16) is replaced by log-space quadrature.
+LOG_SPACE_BELOW = 1e-10
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
+
+
+def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: int = 32):
+    """``log Phi0`` and conditional moments of the standard bivariate normal over convex polygons that do
+    not contain the origin, accurate in log space however far the polygon lies (``Phi0`` may be e^-10000).
+
+    Rotate so that the polygon's nearest point ``c`` to the origin lies on the first axis (``s = |c|``);
+    the polygon lies in ``s >= |c|``. ``Phi0 = int phi(s) [Phi(t_hi(s)) - Phi(t_lo(s))] ds``: the inner
+    integral is exact (log_ndtr differences, with its truncated mean/second moment in ``t``), the outer
+    one a composite Gauss-Legendre rule in ``y = s - |c|`` on the range where ``exp(-|c| y - y^2/2)``
+    is above e^-60 (``panels`` uniform panels, about 60/panels nats of decay each), with extra breaks at
+    the vertices' ``y`` (where the integrand has kinks).
+
+    Parameters
+    ----------
+    verts : ndarray (P, V, 2)
+        Counter-clockwise vertices, rows past ``n_verts[p]`` ignored.
+    n_verts : ndarray of int (P,)
+    panels : int
+        Uniform panels (8 Gauss-Legendre nodes each) besides the vertex breaks.
+
+    Returns
+    -------
+    log_phi0 (P,), mean (P, 2), second (P, 2, 2); ``inside`` (P,) bool marks polygons containing the
+    origin, for which the results are not computed (NaN).
+    """
+    P, V, _ = verts.shape
+    k = np.arange(V)
+    valid = k[None] < n_verts[:, None]
+    # pad with the first vertex: the closing edge is v_{n-1} -> v_0, the padding edges are degenerate
+    va = np.where(valid[..., None], verts, verts[:, :1])
+    vb = np.where((k[None] + 1 < n_verts[:, None])[..., None], np.roll(verts, -1, axis=1), verts[:, :1])
+    d = vb - va
+    dd = (d * d).sum(-1)
+    tp = np.clip(-(va * d).sum(-1) / np.where(dd > 0, dd, 1.0), 0.0, 1.0)
+    q = va + tp[..., None] * d
+    j = (q * q).sum(-1).argmin(1)
+    c = q[np.arange(P), j]
+    cross = d[..., 0] * (-va[..., 1]) - d[..., 1] * (-va[..., 0])  # origin left of every edge: inside
+    inside = ((cross >= 0) | (dd == 0)).all(1)
+    r = np.linalg.norm(c, axis=1)
+    e1 = c / np.where(r > 0, r, 1.0)[:, None]
+    e2 = np.stack([-e1[:, 1], e1[:, 0]], 1)
+    sa, sb = (va * e1[:, None]).sum(-1) - r[:, None], (vb * e1[:, None]).sum(-1) - r[:, None]  # y = s - |c|
+    ta, tb = (va * e2[:, None]).sum(-1), (vb * e2[:, None]).sum(-1)
+    sa, sb = np.maximum(sa, 0.0), np.maximum(sb, 0.0)
+    y_cut = -r + np.sqrt(r * r + 2 * 60.0)  # beyond, exp(-|c| y - y^2/2) < e^-60
+    y_max = np.minimum(np.max(np.where(valid, sa, 0.0), axis=1), y_cut)
+    y_vert = np.minimum(np.where(valid, sa, 0.0), y_max[:, None])
+    br = np.sort(np.concatenate([y_max[:, None] * np.linspace(0, 1, panels + 1)[None], y_vert], 1), axis=1)
+    half = 0.5 * np.diff(br, axis=1)  # (P, K)
+    mid = 0.5 * (br[:, 1:] + br[:, :-1])
+    y = (mid[..., None] + half[..., None] * _GL_X).reshape(P, -1)  # (P, N)
+    gw = (half[..., None] * _GL_W).reshape(P, -1)
+    # t-range at each node: edges crossing the line s = const
+    ys = y[..., None]
+    lo_e, hi_e = np.minimum(sa, sb)[:, None], np.maximum(sa, sb)[:, None]
+    crosses = (lo_e <= ys) & (ys <= hi_e) & (sa != sb)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tt = ta[:, None] + (ys - sa[:, None]) * ((tb - ta) / (sb - sa))[:, None]
+    t_lo = np.where(crosses, tt, np.inf).min(-1)
+    t_hi = np.where(crosses, tt, -np.inf).max(-1)
+    ok = t_lo < t_hi
+    inner = interval_moments(np.where(ok, t_lo, 0.0), np.where(ok, t_hi, 1.0), 0.0, 1.0)
+    ok &= np.isfinite(inner.log_phi0)
+    with np.errstate(divide="ignore"):
+        lw = np.where(ok & (gw > 0), np.log(gw) - r[:, None] * y - 0.5 * y * y + inner.log_phi0, -np.inf)
+    lse = np.logaddexp.reduce(lw, axis=1)
+    with np.errstate(invalid="ignore"):  # rows of polygons containing the origin (not computed) are NaN
+        om = np.exp(lw - lse[:, None])
+    mt, m2t = np.where(ok, inner.mean[..., 0], 0.0), np.where(ok, inner.second[..., 0, 0], 0.0)
+    Ey, Et = (om * y).sum(1), (om * mt).sum(1)
+    Cyy = (om * (y - Ey[:, None]) ** 2).sum(1)
+    Cyt = (om * (y - Ey[:, None]) * mt).sum(1)  # E[(y - Ey) t]
+    Ctt = (om * m2t).sum(1) - Et**2
+    log_phi0 = -0.5 * r * r - 0.5 * _LOG_2PI + lse
+    Es = r + Ey
+    R = np.stack([e1, e2], axis=2)  # u = R (s, t)
+    m_st = np.stack([Es, Et], 1)
+    cov_st = np.stack([np.stack([Cyy, Cyt], 1), np.stack([Cyt, Ctt], 1)], 1)
+    mean = np.einsum("pij,pj->pi", R, m_st)
+    second = R @ (cov_st + m_st[:, :, None] * m_st[:, None, :]) @ np.swapaxes(R, 1, 2)
+    nan = np.where(inside, np.nan, 0.0)
+    return log_phi0 + nan, mean + nan[:, None], second + nan[:, None, None], inside
+
+
 def polygon_moments(
     polygons: Sequence[np.ndarray],
     mu: np.ndarray,
@@ -207,10 +298,23 @@ def polygon_moments(
         p0, m1, m2 = p0[0], m1[0], m2[0]
         pos = p0 > 0
         z = np.where(pos, p0, 1.0)
+        e_u, e_uu = m1 / z[:, None], m2 / z[:, None, None]
+        lp0 = np.where(pos, np.log(z), LOG_TINY)
+        # where Phi0 is below the Owen's T sum's absolute accuracy, redo the pair in log space
+        tiny = np.flatnonzero(p0 < LOG_SPACE_BELOW)
+        if len(tiny):
+            cm = np.max(c[tiny])
+            vt = np.zeros((len(tiny), cm, 2))
+            slot = np.arange(len(ua)) - np.repeat(starts, c)
+            sel = np.isin(owner, tiny)
+            vt[np.searchsorted(tiny, owner[sel]), slot[sel]] = ua[sel]
+            lq, mq, sq, inside = log_space_polygon_moments(vt, c[tiny])
+            use = tiny[~inside]
+            lp0[use], e_u[use], e_uu[use] = lq[~inside], mq[~inside], sq[~inside]
         Lr = L[r_]
-        c1 = (Lr @ (m1 / z[:, None])[..., None])[..., 0]  # E[z - mu | P] = L E[u | P]
-        c2 = Lr @ (m2 / z[:, None, None]) @ np.swapaxes(Lr, -1, -2)
-        log_phi0[n_, r_] = np.where(pos, np.log(z), LOG_TINY)
+        c1 = (Lr @ e_u[..., None])[..., 0]  # E[z - mu | P] = L E[u | P]
+        c2 = Lr @ e_uu @ np.swapaxes(Lr, -1, -2)
+        log_phi0[n_, r_] = lp0
         mean[n_, r_] = m + c1
         second[n_, r_] = (
             m[:, :, None] * m[:, None, :] + m[:, :, None] * c1[:, None, :] + c1[:, :, None] * m[:, None, :] + c2
