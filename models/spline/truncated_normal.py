@@ -67,12 +67,12 @@ def log_ndtr_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     flip = a > 0
     lo = np.where(flip, -b, a)
     hi = np.where(flip, -a, b)
+    out = np.empty(lo.shape)
+    tail = hi <= 0  # each branch evaluated only where it is used (the special functions dominate the cost)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(
-            hi <= 0,
-            log_ndtr(hi) + np.log(-np.expm1(log_ndtr(lo) - log_ndtr(hi))),
-            np.log1p(-(ndtr(lo) + ndtr(-hi))),
-        )
+        lh = log_ndtr(hi[tail])
+        out[tail] = lh + np.log(-np.expm1(log_ndtr(lo[tail]) - lh))
+        out[~tail] = np.log1p(-(ndtr(lo[~tail]) + ndtr(-hi[~tail])))
     return np.where(a >= b, -np.inf, out)
 
 
@@ -151,12 +151,14 @@ def std_polygon_moments(a: np.ndarray, b: np.ndarray, starts: np.ndarray):
     return phi0, m1, m2
 
 
-#: Below this ``Phi0`` the Owen's T sum (absolute accuracy ~1e-16) is replaced by log-space quadrature.
-LOG_SPACE_BELOW = 1e-10
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
+#: Below this ``Phi0`` the Owen's T sum (absolute accuracy ~1e-16, so ~1e-4 relative here) is replaced by
+#: log-space quadrature.
+LOG_SPACE_BELOW = 1e-12
+_GL_N = 8
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 
 
-def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: int = 32):
+def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: int = 8):
     """``log Phi0`` and conditional moments of the standard bivariate normal over convex polygons that do
     not contain the origin, accurate in log space however far the polygon lies (``Phi0`` may be e^-10000).
 
@@ -164,7 +166,7 @@ def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: in
     the polygon lies in ``s >= |c|``. ``Phi0 = int phi(s) [Phi(t_hi(s)) - Phi(t_lo(s))] ds``: the inner
     integral is exact (log_ndtr differences, with its truncated mean/second moment in ``t``), the outer
     one a composite Gauss-Legendre rule in ``y = s - |c|`` on the range where ``exp(-|c| y - y^2/2)``
-    is above e^-60 (``panels`` uniform panels, about 60/panels nats of decay each), with extra breaks at
+    is above e^-40 (``panels`` uniform panels, about 40/panels nats of decay each), with extra breaks at
     the vertices' ``y`` (where the integrand has kinks).
 
     Parameters
@@ -200,7 +202,7 @@ def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: in
     sa, sb = (va * e1[:, None]).sum(-1) - r[:, None], (vb * e1[:, None]).sum(-1) - r[:, None]  # y = s - |c|
     ta, tb = (va * e2[:, None]).sum(-1), (vb * e2[:, None]).sum(-1)
     sa, sb = np.maximum(sa, 0.0), np.maximum(sb, 0.0)
-    y_cut = -r + np.sqrt(r * r + 2 * 60.0)  # beyond, exp(-|c| y - y^2/2) < e^-60
+    y_cut = -r + np.sqrt(r * r + 2 * 40.0)  # beyond, exp(-|c| y - y^2/2) < e^-40
     y_max = np.minimum(np.max(np.where(valid, sa, 0.0), axis=1), y_cut)
     y_vert = np.minimum(np.where(valid, sa, 0.0), y_max[:, None])
     br = np.sort(np.concatenate([y_max[:, None] * np.linspace(0, 1, panels + 1)[None], y_vert], 1), axis=1)
@@ -208,14 +210,23 @@ def log_space_polygon_moments(verts: np.ndarray, n_verts: np.ndarray, panels: in
     mid = 0.5 * (br[:, 1:] + br[:, :-1])
     y = (mid[..., None] + half[..., None] * _GL_X).reshape(P, -1)  # (P, N)
     gw = (half[..., None] * _GL_W).reshape(P, -1)
-    # t-range at each node: edges crossing the line s = const
-    ys = y[..., None]
-    lo_e, hi_e = np.minimum(sa, sb)[:, None], np.maximum(sa, sb)[:, None]
-    crosses = (lo_e <= ys) & (ys <= hi_e) & (sa != sb)[:, None]
+    # t-range: panels break at the vertices, so within a panel the section is bounded by the same two
+    # edges; find them at the panel's midpoint, then evaluate their lines at the panel's nodes
+    ym = mid[..., None]
+    crosses = (np.minimum(sa, sb)[:, None] <= ym) & (ym <= np.maximum(sa, sb)[:, None]) & (sa != sb)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        tt = ta[:, None] + (ys - sa[:, None]) * ((tb - ta) / (sb - sa))[:, None]
-    t_lo = np.where(crosses, tt, np.inf).min(-1)
-    t_hi = np.where(crosses, tt, -np.inf).max(-1)
+        slope = np.where(sa != sb, (tb - ta) / (sb - sa), 0.0)
+    tm_ = ta[:, None] + (ym - sa[:, None]) * slope[:, None]
+    i_lo = np.where(crosses, tm_, np.inf).argmin(-1)  # (P, K)
+    i_hi = np.where(crosses, tm_, -np.inf).argmax(-1)
+    hit = crosses.any(-1)
+
+    def line(i):  # the edge i's t at every node, (P, N)
+        tk, sk, mk = (np.take_along_axis(v, i, axis=1)[..., None] for v in (ta, sa, slope))
+        return (tk + (y.reshape(P, -1, _GL_N) - sk) * mk).reshape(P, -1)
+
+    t_lo, t_hi = line(i_lo), line(i_hi)
+    t_hi = np.where(np.repeat(hit, _GL_N, axis=1), t_hi, -np.inf)
     ok = t_lo < t_hi
     inner = interval_moments(np.where(ok, t_lo, 0.0), np.where(ok, t_hi, 1.0), 0.0, 1.0)
     ok &= np.isfinite(inner.log_phi0)
@@ -246,6 +257,7 @@ def polygon_moments(
     cov: np.ndarray,
     active: np.ndarray | None = None,
     chunk: int = 200_000,
+    mode: str = "auto",
 ) -> TruncatedMoments:
     """Truncated moments of ``N(mu[:, r], cov[r])`` over convex polygon ``r``, for many means at once.
 
@@ -260,6 +272,10 @@ def polygon_moments(
         untruncated moments (callers pass the pairs whose weight is not negligible).
     chunk : int
         Edges handled at once (memory).
+    mode : {"auto", "owen", "log"}
+        "owen": the Owen's T sum only (absolute accuracy); "log": every pair not containing the origin
+        by :func:`log_space_polygon_moments`; "auto": the Owen's T sum, then the pairs whose ``Phi0`` is
+        below ``LOG_SPACE_BELOW`` in log space.
 
     Returns
     -------
@@ -301,14 +317,19 @@ def polygon_moments(
         e_u, e_uu = m1 / z[:, None], m2 / z[:, None, None]
         lp0 = np.where(pos, np.log(z), LOG_TINY)
         # where Phi0 is below the Owen's T sum's absolute accuracy, redo the pair in log space
-        tiny = np.flatnonzero(p0 < LOG_SPACE_BELOW)
+        redo = p0 < LOG_SPACE_BELOW if mode == "auto" else np.full(len(p0), mode == "log")
+        tiny = np.flatnonzero(redo)
         if len(tiny):
             cm = np.max(c[tiny])
             vt = np.zeros((len(tiny), cm, 2))
             slot = np.arange(len(ua)) - np.repeat(starts, c)
             sel = np.isin(owner, tiny)
             vt[np.searchsorted(tiny, owner[sel]), slot[sel]] = ua[sel]
-            lq, mq, sq, inside = log_space_polygon_moments(vt, c[tiny])
+            # in batches: the quadrature holds (pairs, ~320 nodes, vertices) arrays
+            parts = [
+                log_space_polygon_moments(vt[k : k + 1000], c[tiny[k : k + 1000]]) for k in range(0, len(tiny), 1000)
+            ]
+            lq, mq, sq, inside = (np.concatenate(a) for a in zip(*parts))
             use = tiny[~inside]
             lp0[use], e_u[use], e_uu[use] = lq[~inside], mq[~inside], sq[~inside]
         Lr = L[r_]
