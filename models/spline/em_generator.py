@@ -169,7 +169,15 @@ def _update(tm: TruncatedMoments, new: TruncatedMoments, pairs: np.ndarray) -> N
     tm.log_phi0[pairs], tm.mean[pairs], tm.second[pairs] = new.log_phi0[pairs], new.mean[pairs], new.second[pairs]
 
 
-def _redo_tiny_in_log_space(tm, pairs, polygons, mu, Sigma, lk, bd) -> None:
+def _redo_tiny_in_log_space(
+    tm: TruncatedMoments,
+    pairs: np.ndarray,
+    polygons: Sequence[np.ndarray],
+    mu: np.ndarray,
+    Sigma: np.ndarray,
+    lk: np.ndarray,
+    bd: np.ndarray,
+) -> None:
     """Recompute in log space the ``pairs`` whose Owen's T ``Phi0`` is below its accuracy, skipping those
     that provably cannot matter: per row, first the one with the best upper bound
     ``lk + min(bd, log LOG_SPACE_BELOW)`` (a lower bound on ``log p(x)`` with the accurate pairs), then the
