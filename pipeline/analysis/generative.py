@@ -28,6 +28,7 @@ from scatterbird.models.spline.em_generator import fit_em
 from scatterbird.models.spline.gan_ensemble import sweep_coupling
 from scatterbird.models.spline.group_ae import generalisation_gap, sample_windows
 from scatterbird.models.spline.network import SplineNet, iter_batches
+from scatterbird.pipeline.analysis.summary import describe as _stat
 from scatterbird.pipeline.evaluate.metrics import roc_auc
 
 #: The generative stages, in the order they run.
@@ -91,13 +92,6 @@ def window_embeddings(view: SplineNet, X: torch.Tensor) -> list[np.ndarray]:
 
 def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return x if len(x) <= n else x[np.sort(rng.choice(len(x), n, replace=False))]
-
-
-def _stat(v: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(v, dtype=np.float64)
-    if a.size == 0:
-        return {"mean": float("nan"), "median": float("nan"), "p90": float("nan")}
-    return {"mean": float(a.mean()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
 
 
 # -- 1. analytical EM: exact-likelihood novelty -------------------------------------------------------------

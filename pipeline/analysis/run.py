@@ -53,6 +53,7 @@ from scatterbird.pipeline.analysis.generative import (
     stage_group_ae,
 )
 from scatterbird.pipeline.analysis.report import write_report
+from scatterbird.pipeline.analysis.summary import describe as _stat
 from scatterbird.pipeline.clip_features import FeatureCache, compute_features
 from scatterbird.pipeline.config import FeatureConfig
 from scatterbird.pipeline.detect.windows import pool_sequence
@@ -278,13 +279,6 @@ def _log_odds(z: np.ndarray, positive: int) -> np.ndarray:
     others = np.delete(z, positive, axis=-1)
     m = others.max(-1, keepdims=True)
     return z[..., positive] - (m[..., 0] + np.log(np.exp(others - m).sum(-1)))
-
-
-def _stat(v: np.ndarray) -> dict[str, float]:
-    v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "median": float("nan"), "p90": float("nan")}
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "p90": float(np.percentile(v, 90))}
 
 
 def run_analysis(
