@@ -11,8 +11,9 @@ embeddings and its input (standardised log-scattering) windows.
   shift regulariser (:mod:`models.spline.group_ae`): reconstruction error on training and held-out windows
   (the generalisation gap) at several training-set sizes.
 
-Each stage function takes the analysed network, the clips as the network's input and the options, and returns
-``(summary, arrays)`` like the other stages of :mod:`pipeline.analysis.run`.
+The two embedding stages take the clips' window embeddings (:func:`window_embeddings`, computed once by the
+runner), the autoencoder stage the network's input; each returns ``(summary, arrays)`` like the other stages of
+:mod:`pipeline.analysis.run`.
 """
 
 from __future__ import annotations
@@ -96,8 +97,7 @@ def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 # -- 1. analytical EM: exact-likelihood novelty -------------------------------------------------------------
 def stage_em_novelty(
-    view: SplineNet,
-    X: torch.Tensor,
+    emb: list[np.ndarray],
     names: list[str],
     y: np.ndarray | None,
     log_odds: np.ndarray,
@@ -116,7 +116,6 @@ def stage_em_novelty(
     reference clips compared with bird clips is measured on clips the generator has not seen.
     """
     rng = np.random.default_rng(seed)
-    emb = window_embeddings(view, X)
     by = "labels" if y is not None else "detector score < 0.5"
     ref = np.nonzero(y == 0)[0] if y is not None else np.nonzero(log_odds < 0)[0]
     if len(ref) < 2:
@@ -183,8 +182,7 @@ def stage_em_novelty(
 
 # -- 2. generator ensembles for disconnected bird features -------------------------------------------------
 def stage_gan_ensemble(
-    view: SplineNet,
-    X: torch.Tensor,
+    emb: list[np.ndarray],
     y: np.ndarray | None,
     log_odds: np.ndarray,
     *,
@@ -200,8 +198,7 @@ def stage_gan_ensemble(
     by = "labels" if y is not None else "detector score >= 0.5"
     if len(birds) == 0:
         return {"skipped": f"no bird clip (by {by})"}, {}
-    emb = window_embeddings(view, X[birds])
-    windows = np.concatenate(emb)
+    windows = np.concatenate([emb[i] for i in birds])
     if len(windows) < MIN_WINDOWS:
         return {"skipped": f"{len(windows)} bird windows; at least {MIN_WINDOWS} are needed"}, {}
     proj = Projection.fit(windows, 2)

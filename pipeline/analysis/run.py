@@ -51,6 +51,7 @@ from scatterbird.pipeline.analysis.generative import (
     stage_em_novelty,
     stage_gan_ensemble,
     stage_group_ae,
+    window_embeddings,
 )
 from scatterbird.pipeline.analysis.report import write_report
 from scatterbird.pipeline.analysis.summary import describe as _stat
@@ -369,11 +370,13 @@ def run_analysis(
     if "rugosity" in opt.stages:
         with stage("rugosity"):
             summary["rugosity"], arrays["rugosity"] = _stage_rugosity(view, X, detail, space, opt)
+    # one forward pass gives both embedding stages their windows
+    emb = window_embeddings(view, X) if {"em_novelty", "gan_ensemble"} & set(opt.stages) else []
     generative = {
         "em_novelty": ("EM generator novelty", lambda: stage_em_novelty(
-            view, X, names, y, log_odds, latent_dim=opt.em_latent, dim=opt.em_dim, n_iter=opt.em_iters, seed=opt.seed)),
+            emb, names, y, log_odds, latent_dim=opt.em_latent, dim=opt.em_dim, n_iter=opt.em_iters, seed=opt.seed)),
         "gan_ensemble": ("generator ensembles", lambda: stage_gan_ensemble(
-            view, X, y, log_odds, couplings=opt.gan_couplings, n_generators=opt.gan_generators, steps=opt.gan_steps,
+            emb, y, log_odds, couplings=opt.gan_couplings, n_generators=opt.gan_generators, steps=opt.gan_steps,
             seed=opt.seed)),
         "group_ae": ("group autoencoder", lambda: stage_group_ae(
             X, clips.order, names, y, width=opt.ae_window, sizes=opt.ae_sizes, group_weight=opt.ae_group_weight,
